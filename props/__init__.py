@@ -1,0 +1,1 @@
+"""Packaged property YAMLs: ``props/<Model>.yaml`` holds each model's defaults."""

@@ -1,0 +1,19 @@
+"""recbole_ext: text- and LLM-enhanced sequential recommenders as a RecBole 1.2.1 plugin.
+
+Importing the package makes RecBole work on the current stack (``recbole_ext.compat``) and
+registers every model, so RecBole's own entry points (``run_recbole``, ``objective_function``,
+``load_data_and_model``, ``HyperTuning``, DDP) accept ``model='TedRec'``.
+"""
+
+from recbole_ext import compat
+
+compat.apply()
+
+from recbole_ext.registry import register_model, registered_models  # noqa: E402
+from recbole_ext.model import MODELS  # noqa: E402
+
+for _model_class in MODELS:
+    register_model(_model_class)
+
+__version__ = "0.1.0"
+__all__ = ["register_model", "registered_models", "MODELS", "__version__"]

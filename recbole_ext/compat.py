@@ -1,0 +1,194 @@
+"""Make RecBole 1.2.1 run on today's stack (numpy 2, torch >= 2.6, with or without ray, CPU DDP).
+
+Everything here is a runtime shim; RecBole itself is never edited. ``apply()`` is idempotent and
+must run before ``recbole.quick_start`` is first imported (it imports ray at module level), which
+is why ``import recbole_ext`` calls it before anything else.
+
+Shims (see ``shared/specs/recbole_plugin.md`` §3-§4):
+
+* numpy 2 removed ``float_``/``complex_``/``unicode_``/``bool8``; RecBole's ``Config`` and ray 2.6.3
+  still use them.
+* ray is optional: when ``from ray import tune`` fails for any reason, a stand-in ``ray.tune`` with a
+  no-op ``report`` is installed (RecBole only calls ``tune.report`` in ``objective_function``).
+* torch >= 2.6 loads checkpoints with ``weights_only=True``, but RecBole pickles its whole ``Config``
+  into every checkpoint. Full unpickling is allowed only inside RecBole's own checkpoint loads
+  (``Trainer.evaluate``, ``Trainer.resume_checkpoint``, ``load_data_and_model``), never process-wide.
+* scipy >= 1.13 dropped ``dok_matrix._update`` (used by RecBole's graph baselines).
+* DDP: RecBole hardcodes NCCL and CUDA devices. On a machine without CUDA, or with
+  ``ddp_backend: gloo``, the process group uses gloo on the CPU. The stock best-checkpoint race
+  (non-zero ranks read the file before rank 0 wrote it, under a name each rank chose itself) is
+  fixed by broadcasting rank 0's file name and a barrier before loading it.
+"""
+
+import contextlib
+import functools
+import os
+import sys
+import types
+import warnings
+
+_APPLIED = False
+_WEIGHTS_ONLY_ENV = "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"
+
+
+def apply():
+    """Install every shim once."""
+    global _APPLIED
+    if _APPLIED:
+        return
+    _patch_numpy_aliases()
+    _ensure_ray_tune()
+    _patch_scipy_dok_update()
+    _patch_checkpoint_loads()
+    _patch_distributed()
+    _APPLIED = True
+
+
+def _patch_numpy_aliases():
+    import numpy as np
+
+    aliases = {"float_": np.float64, "complex_": np.complex128, "unicode_": np.str_, "bool8": np.bool_}
+    for name, target in aliases.items():
+        if name not in np.__dict__:
+            setattr(np, name, target)
+
+
+def _ensure_ray_tune():
+    try:
+        from ray import tune  # noqa: F401
+    except Exception:  # ray missing, or broken by numpy 2 / missing pkg_resources
+        for name in [m for m in sys.modules if m == "ray" or m.startswith("ray.")]:
+            del sys.modules[name]
+        ray = types.ModuleType("ray")
+        tune = types.ModuleType("ray.tune")
+        tune.report = lambda *args, **kwargs: None
+        ray.tune = tune
+        ray.__recbole_ext_stub__ = True
+        sys.modules["ray"] = ray
+        sys.modules["ray.tune"] = tune
+
+
+def _patch_scipy_dok_update():
+    try:
+        from scipy.sparse import dok_matrix
+    except ImportError:
+        return
+    if not hasattr(dok_matrix, "_update"):
+        dok_matrix._update = lambda self, data: self._dict.update(data)
+
+
+@contextlib.contextmanager
+def recbole_checkpoint_load():
+    """Allow full unpickling only while RecBole loads a checkpoint it wrote itself."""
+    previous = os.environ.get(_WEIGHTS_ONLY_ENV)
+    os.environ[_WEIGHTS_ONLY_ENV] = "1"
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=f".*{_WEIGHTS_ONLY_ENV}.*")
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            yield
+    finally:
+        if previous is None:
+            os.environ.pop(_WEIGHTS_ONLY_ENV, None)
+        else:
+            os.environ[_WEIGHTS_ONLY_ENV] = previous
+
+
+def _scoped_checkpoint_load(func):
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        with recbole_checkpoint_load():
+            return func(*args, **kwargs)
+
+    return wrapper
+
+
+def _patch_checkpoint_loads():
+    import recbole.quick_start
+    import recbole.quick_start.quick_start as qs
+    from recbole.trainer import Trainer
+
+    Trainer.resume_checkpoint = _scoped_checkpoint_load(Trainer.resume_checkpoint)
+    load = _scoped_checkpoint_load(qs.load_data_and_model)
+    qs.load_data_and_model = load
+    recbole.quick_start.load_data_and_model = load
+    Trainer.evaluate = _evaluate_with_safe_checkpoint(Trainer.evaluate)
+
+
+def _is_distributed(config):
+    return not config["single_spec"]
+
+
+def _evaluate_with_safe_checkpoint(evaluate):
+    @functools.wraps(evaluate)
+    def wrapper(self, eval_data, load_best_model=True, model_file=None, show_progress=False):
+        if load_best_model and _is_distributed(self.config):
+            import torch.distributed as dist
+
+            dist.barrier()  # rank 0 has finished writing the best checkpoint
+        with recbole_checkpoint_load():
+            return evaluate(self, eval_data, load_best_model, model_file, show_progress)
+
+    return wrapper
+
+
+def _use_gloo(config):
+    import torch
+
+    gpu_id = str(config["gpu_id"])
+    return config.get("ddp_backend") == "gloo" or gpu_id == "" or not torch.cuda.is_available()
+
+
+def _patch_distributed():
+    import torch
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+    from recbole.config import Config
+    from recbole.trainer import Trainer
+    from recbole.trainer.trainer import AbstractTrainer
+
+    original_init_device = Config._init_device
+
+    def _init_device(self):
+        cfg = self.final_config_dict
+        if "local_rank" not in cfg or not _use_gloo(cfg):
+            return original_init_device(self)
+        cfg["gpu_id"] = str(cfg["gpu_id"])
+        os.environ["CUDA_VISIBLE_DEVICES"] = cfg["gpu_id"]
+        if not dist.is_initialized():
+            dist.init_process_group(
+                backend="gloo",
+                rank=cfg["local_rank"] + cfg["offset"],
+                world_size=cfg["world_size"],
+                init_method=f"tcp://{cfg['ip']}:{cfg['port']}",
+            )
+        cfg["device"] = torch.device("cpu")
+        cfg["single_spec"] = False
+        if cfg["local_rank"] != 0:
+            cfg["state"] = "error"
+            cfg["show_progress"] = False
+            cfg["verbose"] = False
+
+    def _abstract_trainer_init(self, config, model):
+        self.config = config
+        self.model = model
+        if _is_distributed(config):
+            self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            on_cuda = torch.device(config["device"]).type == "cuda"
+            self.distributed_model = DistributedDataParallel(
+                self.model, device_ids=[config["local_rank"]] if on_cuda else None
+            )
+
+    original_trainer_init = Trainer.__init__
+
+    @functools.wraps(original_trainer_init)
+    def _trainer_init(self, config, model):
+        original_trainer_init(self, config, model)
+        if _is_distributed(config):
+            names = [self.saved_model_file]
+            dist.broadcast_object_list(names, src=0)  # every rank reads rank 0's checkpoint
+            self.saved_model_file = names[0]
+
+    Config._init_device = _init_device
+    AbstractTrainer.__init__ = _abstract_trainer_init
+    Trainer.__init__ = _trainer_init

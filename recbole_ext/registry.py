@@ -1,0 +1,133 @@
+"""Register plugin models into RecBole's own lookup points (``shared/DESIGN.md`` decision 1).
+
+RecBole finds a model by importing ``recbole.model.<family>.<name.lower()>`` and its defaults by
+reading ``recbole/properties/model/<name>.yaml``. Registration therefore
+
+* aliases the model's module into ``sys.modules`` under RecBole's module path, so every caller of
+  ``recbole.utils.get_model`` (``Config``, ``run_recbole``, ``objective_function``,
+  ``load_data_and_model``, DDP workers) finds it without patching any function;
+* wraps ``Config._load_internal_config_dict`` once, so ``props/<Model>.yaml`` loads at internal
+  priority: above RecBole's overall/dataset/quick-start defaults, below user files, dicts and the
+  command line;
+* checks model names in ``Config`` first, so a typo gets an error that lists the available models
+  instead of RecBole's ``ModuleNotFoundError: lightgbm``.
+"""
+
+import difflib
+import importlib
+import importlib.resources
+import importlib.util
+import pkgutil
+import sys
+
+from recbole.utils import ModelType
+
+_FAMILIES = {
+    ModelType.GENERAL: "general_recommender",
+    ModelType.CONTEXT: "context_aware_recommender",
+    ModelType.SEQUENTIAL: "sequential_recommender",
+    ModelType.KNOWLEDGE: "knowledge_aware_recommender",
+}
+# Only listed, never imported: importing this family pulls in lightgbm and xgboost.
+_EXLIB_FAMILY = "exlib_recommender"
+
+_PROPS = {}  # model name -> packaged props YAML file name
+_CONFIG_HOOKED = False
+
+
+def registered_models():
+    """Names of the models this plugin registered, in registration order."""
+    return list(_PROPS)
+
+
+def props_path(model_name):
+    """Path of the packaged ``props/<model>.yaml`` (works for editable and regular installs)."""
+    return importlib.resources.files("recbole_ext.props").joinpath(_PROPS[model_name])
+
+
+def register_model(model_class):
+    """Make ``model_class`` visible to RecBole under its class name; idempotent."""
+    name = model_class.__name__
+    family = _FAMILIES.get(model_class.type)
+    if family is None:
+        raise ValueError(f"Cannot register {name}: unsupported model type {model_class.type}.")
+    alias = f"recbole.model.{family}.{name.lower()}"
+    module = sys.modules[model_class.__module__]
+    if sys.modules.get(alias) is not module:
+        for other_family in _FAMILIES.values():
+            if importlib.util.find_spec(f"recbole.model.{other_family}.{name.lower()}") is not None:
+                raise ValueError(
+                    f"Cannot register {name}: RecBole already has a model module "
+                    f"'recbole.model.{other_family}.{name.lower()}'. Rename the plugin model."
+                )
+        sys.modules[alias] = module
+        setattr(importlib.import_module(f"recbole.model.{family}"), name.lower(), module)
+    if not props_exists(name):
+        raise FileNotFoundError(f"No props/{name}.yaml is packaged with recbole_ext.")
+    _PROPS[name] = f"{name}.yaml"
+    _hook_config_once()
+
+
+def props_exists(model_name):
+    return importlib.resources.files("recbole_ext.props").joinpath(f"{model_name}.yaml").is_file()
+
+
+def _exlib_model_names():
+    """RecBole's lightgbm/xgboost wrappers, listed without importing their family package."""
+    spec = importlib.util.find_spec(f"recbole.model.{_EXLIB_FAMILY}")
+    return {m.name for m in pkgutil.iter_modules(spec.submodule_search_locations)}
+
+
+def check_model_name(model_name):
+    """Raise a ``ValueError`` listing the available models when ``model_name`` cannot resolve."""
+    if model_name in _PROPS:
+        return
+    lower = model_name.lower()
+    same_but_case = [n for n in _PROPS if n.lower() == lower]
+    for family in _FAMILIES.values():
+        module_path = f"recbole.model.{family}.{lower}"
+        if not same_but_case and importlib.util.find_spec(module_path) is not None:
+            module = importlib.import_module(module_path)
+            if hasattr(module, model_name):
+                return
+            same_but_case = [n for n in dir(module) if n.lower() == lower]
+            break
+    if same_but_case:
+        raise ValueError(
+            f"Unknown model '{model_name}'. Model names are case-sensitive: use '{same_but_case[0]}'."
+        )
+    if lower in _exlib_model_names():
+        return
+    suggestions = difflib.get_close_matches(model_name, list(_PROPS), n=1, cutoff=0.6)
+    hint = f" Did you mean '{suggestions[0]}'?" if suggestions else ""
+    raise ValueError(
+        f"Unknown model '{model_name}'.{hint} recbole_ext models: {', '.join(_PROPS)}. "
+        "RecBole's own models (e.g. SASRec, BERT4Rec, GRU4Rec, FDSA) are accepted too; "
+        "see https://recbole.io/model_list.html."
+    )
+
+
+def _hook_config_once():
+    global _CONFIG_HOOKED
+    if _CONFIG_HOOKED:
+        return
+    from recbole.config import Config
+
+    original_load = Config._load_internal_config_dict
+    original_get_model = Config._get_model_and_dataset
+
+    def _load_internal_config_dict(self, model, model_class, dataset):
+        original_load(self, model, model_class, dataset)
+        if model in _PROPS:
+            with importlib.resources.as_file(props_path(model)) as path:
+                self._update_internal_config_dict(str(path))
+
+    def _get_model_and_dataset(self, model, dataset):
+        name = model if model is not None else self.external_config_dict.get("model")
+        if isinstance(name, str):
+            check_model_name(name)
+        return original_get_model(self, model, dataset)
+
+    Config._load_internal_config_dict = _load_internal_config_dict
+    Config._get_model_and_dataset = _get_model_and_dataset
+    _CONFIG_HOOKED = True
