@@ -13,6 +13,10 @@ Shims (see ``shared/specs/recbole_plugin.md`` §3-§4):
 * torch >= 2.6 loads checkpoints with ``weights_only=True``, but RecBole pickles its whole ``Config``
   into every checkpoint. Full unpickling is allowed only inside RecBole's own checkpoint loads
   (``Trainer.evaluate``, ``Trainer.resume_checkpoint``, ``load_data_and_model``), never process-wide.
+* ``recbole.model.sequential_recommender`` imports SINE, whose module calls
+  ``torch.autograd.set_detect_anomaly(True)``: every RecBole run then records a stack trace per op
+  and checks every backward for NaN, several times slower. It is switched back off (RecBole's
+  trainer still stops on a NaN loss).
 * scipy >= 1.13 dropped ``dok_matrix._update`` (used by RecBole's graph baselines).
 * DDP: RecBole hardcodes NCCL and CUDA devices. On a machine without CUDA, or with
   ``ddp_backend: gloo``, the process group uses gloo on the CPU. The stock best-checkpoint race
@@ -39,6 +43,7 @@ def apply():
     _patch_numpy_aliases()
     _ensure_ray_tune()
     _patch_scipy_dok_update()
+    _undo_sine_anomaly_detection()
     _patch_checkpoint_loads()
     _patch_distributed()
     _APPLIED = True
@@ -75,6 +80,13 @@ def _patch_scipy_dok_update():
         return
     if not hasattr(dok_matrix, "_update"):
         dok_matrix._update = lambda self, data: self._dict.update(data)
+
+
+def _undo_sine_anomaly_detection():
+    import torch
+    import recbole.model.sequential_recommender  # noqa: F401  (imports sine.py, which turns it on)
+
+    torch.autograd.set_detect_anomaly(False)
 
 
 @contextlib.contextmanager

@@ -82,6 +82,7 @@ def test_compat_layer():
 
     assert callable(tune.report)
     assert "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD" not in os.environ
+    assert not torch.is_anomaly_enabled()  # RecBole's sine.py turns it on at import
 
 
 def _evaluate_test(config, model, test_data):

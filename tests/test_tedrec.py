@@ -1,0 +1,184 @@
+"""TedRec: parameter count, shapes, gates, the frequency fusion, lengths, training and evaluation."""
+
+import math
+
+import pytest
+import torch
+from recbole.config import Config
+from recbole.data import create_dataset, data_preparation
+from recbole.quick_start import run_recbole
+from recbole.utils import get_trainer, init_seed
+
+from recbole_ext.model import tedrec as tedrec_module
+from recbole_ext.model.layers import FrequencyFusion, MoEAdaptorLayer
+from recbole_ext.model.tedrec import TedRec
+
+
+class _ItemCountDataset:
+    def __init__(self, n_items):
+        self.n_items = n_items
+
+    def num(self, field):
+        return self.n_items
+
+
+def _trainable(model):
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def test_parameter_count_matches_official_ml1m_log(tiny_config, monkeypatch):
+    """The official ML-1M log reports 4,252,702 trainable parameters (N=3417, BERT 768-d, L=50)."""
+    monkeypatch.setattr(tedrec_module, "load_item_text_embeddings", lambda c, d: torch.zeros(3417, 768))
+    overrides = {"hidden_size": 300, "inner_size": 256, "n_exps": 8, "plm_size": 768, "MAX_ITEM_LIST_LENGTH": 50}
+    config = Config(model="TedRec", dataset="tiny", config_dict=dict(tiny_config, **overrides))
+    model = TedRec(config, _ItemCountDataset(3417))
+    assert _trainable(model) == 4_252_702
+    assert not model.plm_embedding.weight.requires_grad
+
+
+@pytest.fixture
+def prepared(tiny_config):
+    config = Config(model="TedRec", dataset="tiny", config_dict=tiny_config)
+    init_seed(config["seed"], config["reproducibility"])
+    dataset = create_dataset(config)
+    train_data, valid_data, test_data = data_preparation(config, dataset)
+    model = TedRec(config, train_data._dataset)
+    return config, model, train_data, test_data
+
+
+def _first_batch(data):
+    batch = next(iter(data))
+    return batch[0] if isinstance(batch, tuple) else batch
+
+
+def test_shapes_and_initial_gates(prepared):
+    config, model, train_data, _ = prepared
+    batch = _first_batch(train_data)
+    seq, seq_len = batch["item_id_list"][:8], batch["item_length"][:8]
+    text = model.moe_adaptor(model.plm_embedding(seq))
+    assert text.shape == (8, 10, 16)
+    gates = model.moe_adaptor.eval().gates(model.plm_embedding(seq))
+    torch.testing.assert_close(gates, torch.full((8, 10, 4), 0.25))  # W_g starts at zero
+    model.eval()
+    assert model(seq, seq_len).shape == (8, 16)
+    sub = batch[:8]
+    assert model.full_sort_predict(sub).shape == (8, model.n_items)
+    assert model.predict(sub).shape == (8,)
+
+
+def test_eval_is_deterministic_and_training_is_noisy(prepared):
+    _, model, train_data, _ = prepared
+    batch = _first_batch(train_data)[:16]
+    model.eval()
+    torch.testing.assert_close(model.full_sort_predict(batch), model.full_sort_predict(batch))
+    model.train()
+    assert not torch.equal(model(batch["item_id_list"], batch["item_length"]),
+                           model(batch["item_id_list"], batch["item_length"]))
+
+
+def test_predict_equals_full_sort_on_the_same_candidates(prepared):
+    _, model, train_data, _ = prepared
+    batch = _first_batch(train_data)[:32]
+    model.eval()
+    full = model.full_sort_predict(batch)
+    target = batch["item_id"]
+    torch.testing.assert_close(model.predict(batch), full[torch.arange(32), target])
+
+
+def _circular_convolution(a, b):
+    """c[t] = sum_k a[k] * b[(t - k) mod L], along dim 1, by an explicit loop."""
+    length = a.size(1)
+    out = torch.zeros_like(a)
+    for t in range(length):
+        for k in range(length):
+            out[:, t] += a[:, k] * b[:, (t - k) % length]
+    return out
+
+
+@pytest.mark.parametrize("length", [7, 10])
+def test_fusion_equals_explicit_circular_convolution(length):
+    torch.manual_seed(0)
+    fusion = FrequencyFusion(hidden_size=5, max_seq_length=length)  # the FFT runs in float32
+    id_seq, text_seq = torch.randn(3, length, 5), torch.randn(3, length, 5)
+    id_position, id_text = fusion.filtered(id_seq, text_seq)
+    tolerance = {"rtol": 1e-4, "atol": 1e-5}
+    expected = _circular_convolution(id_seq, text_seq) / math.sqrt(length)
+    torch.testing.assert_close(id_text, expected, **tolerance)
+    # The learnable spectral filter is a circular convolution with its time-domain kernel.
+    kernel = torch.fft.irfft(torch.view_as_complex(fusion.complex_weight), n=length, dim=1)
+    expected = _circular_convolution(id_seq, kernel.expand(3, -1, -1))
+    torch.testing.assert_close(id_position, expected, **tolerance)
+    # Gates are 2*sigmoid(.): with zero gate weights and biases the output is exactly U + M.
+    for gate in (fusion.item_gating, fusion.fusion_gating):
+        torch.nn.init.zeros_(gate.weight)
+        torch.nn.init.zeros_(gate.bias)
+    torch.testing.assert_close(fusion(id_seq, text_seq), id_position + id_text)
+
+
+def test_moe_matches_its_definition():
+    torch.manual_seed(0)
+    moe = MoEAdaptorLayer(n_exps=3, layers=[6, 4], dropout=0.2, max_seq_length=5).eval()
+    for expert in moe.experts:
+        torch.nn.init.normal_(expert.bias)
+    torch.nn.init.normal_(moe.w_gate)
+    x = torch.randn(2, 5, 6)
+    gates = torch.softmax(x @ moe.w_gate, dim=-1)
+    expected = sum(
+        gates[..., k : k + 1] * ((x - e.bias) @ e.lin.weight.t()) for k, e in enumerate(moe.experts)
+    )
+    torch.testing.assert_close(moe(x), expected)
+
+
+def test_shorter_and_longer_inputs_fit_max_length(prepared):
+    _, model, train_data, _ = prepared
+    model.eval()
+    batch = _first_batch(train_data)[:16]
+    seq, seq_len = batch["item_id_list"], batch["item_length"]  # width 10 == MAX_ITEM_LIST_LENGTH
+    short_rows = seq_len <= 6
+    assert short_rows.any()
+    narrow = model(seq[short_rows, :6], seq_len[short_rows])  # e.g. benchmark files padded to 6
+    torch.testing.assert_close(narrow, model(seq[short_rows], seq_len[short_rows]))
+    # A wider input keeps each row's most recent MAX_ITEM_LIST_LENGTH items.
+    older = torch.randint(1, model.n_items, (16, 4))
+    full_rows = seq_len == 10
+    wide = torch.cat([older, seq], dim=1)
+    wide_len = seq_len + 4
+    wide[~full_rows] = torch.cat([seq, torch.zeros(16, 4, dtype=seq.dtype)], dim=1)[~full_rows]
+    wide_len[~full_rows] = seq_len[~full_rows]
+    torch.testing.assert_close(model(wide, wide_len), model(seq, seq_len))
+
+
+def test_training_loss_falls(prepared):
+    config, model, train_data, _ = prepared
+    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
+    losses = [trainer._train_epoch(train_data, epoch) for epoch in range(4)]
+    assert losses[-1] < 0.9 * losses[0], losses
+
+
+def test_bpr_is_refused_with_a_clear_error(tiny_config):
+    config = Config(model="TedRec", dataset="tiny", config_dict=dict(tiny_config, loss_type="BPR",
+                    train_neg_sample_args={"distribution": "uniform", "sample_num": 1}))
+    with pytest.raises(ValueError, match="TedRec supports only loss_type: CE"):
+        TedRec(config, _ItemCountDataset(10))
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("adaptor_layers", [32, 8], r"adaptor_layers must be \[plm_size, hidden_size\] = \[32, 16\]"),
+    ("temperature", 0, "temperature must be > 0"),
+    ("n_exps", 0, "n_exps must be a positive integer"),
+])
+def test_bad_config_values_are_reported(tiny_config, key, value, message, monkeypatch):
+    monkeypatch.setattr(tedrec_module, "load_item_text_embeddings", lambda c, d: torch.zeros(10, 32))
+    config = Config(model="TedRec", dataset="tiny", config_dict=dict(tiny_config, **{key: value}))
+    with pytest.raises(ValueError, match=message):
+        TedRec(config, _ItemCountDataset(10))
+
+
+@pytest.mark.parametrize("mode", ["full", "uni100"])
+def test_full_and_sampled_evaluation_through_run_recbole(tiny_config, mode):
+    eval_args = {"split": {"LS": "valid_and_test"}, "order": "TO", "mode": mode}
+    result = run_recbole(model="TedRec", dataset="tiny", config_dict=dict(tiny_config, eval_args=eval_args))
+    test = result["test_result"]
+    assert 0 <= test["ndcg@10"] <= test["recall@10"] <= 1
+    if mode == "uni100":  # 1 positive among 101 candidates: chance recall@10 is about 0.1
+        assert test["recall@10"] > 0.05
