@@ -129,6 +129,30 @@ def test_moe_matches_its_definition():
     torch.testing.assert_close(moe(x), expected)
 
 
+def test_per_item_moe_equals_per_position_moe_in_eval(prepared):
+    _, model, train_data, _ = prepared
+    model.eval()
+    batch = _first_batch(train_data)[:64]
+    seq = batch["item_id_list"]
+    by_position = model.moe_adaptor(model.plm_embedding(seq))
+    by_item = model.moe_adaptor.forward_by_item(model.plm_embedding.weight, seq)
+    torch.testing.assert_close(by_item, by_position, rtol=1e-5, atol=1e-6)
+    # The model's eval scores therefore do not depend on the training-time switch.
+    scores = model.full_sort_predict(batch)
+    model.adaptor_dropout_scope = "item"
+    torch.testing.assert_close(model.full_sort_predict(batch), scores)
+
+
+def test_per_item_dropout_scope_trains(tiny_config):
+    config = Config(model="TedRec", dataset="tiny", config_dict=dict(tiny_config, adaptor_dropout_scope="item"))
+    dataset = create_dataset(config)
+    train_data, _, _ = data_preparation(config, dataset)
+    model = TedRec(config, train_data._dataset)
+    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
+    losses = [trainer._train_epoch(train_data, epoch) for epoch in range(3)]
+    assert losses[-1] < losses[0], losses
+
+
 def test_shorter_and_longer_inputs_fit_max_length(prepared):
     _, model, train_data, _ = prepared
     model.eval()
@@ -166,6 +190,7 @@ def test_bpr_is_refused_with_a_clear_error(tiny_config):
     ("adaptor_layers", [32, 8], r"adaptor_layers must be \[plm_size, hidden_size\] = \[32, 16\]"),
     ("temperature", 0, "temperature must be > 0"),
     ("n_exps", 0, "n_exps must be a positive integer"),
+    ("adaptor_dropout_scope", "batch", "adaptor_dropout_scope must be 'position' or 'item'"),
 ])
 def test_bad_config_values_are_reported(tiny_config, key, value, message, monkeypatch):
     monkeypatch.setattr(tedrec_module, "load_item_text_embeddings", lambda c, d: torch.zeros(10, 32))

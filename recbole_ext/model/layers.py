@@ -55,6 +55,26 @@ class MoEAdaptorLayer(nn.Module):
         expert_out = torch.stack([expert(x) for expert in self.experts], dim=-2)  # [B, L, K, out]
         return (gates * expert_out).sum(dim=-2)
 
+    def forward_by_item(self, item_table, item_seq):
+        """``forward(item_table[item_seq])`` computed once per distinct item, not once per position.
+
+        Gates and projections depend only on the item, and the position bias enters linearly:
+        ``sum_k g_k(x) (x - s_kj) A_k = sum_k g_k(x) x A_k - sum_k g_k(x) s_kj A_k``. Without
+        dropout and gate noise (eval mode) this equals :meth:`forward`; in training it draws one
+        dropout mask and one gate noise per distinct item and expert instead of per position.
+        """
+        items, index = torch.unique(item_seq, return_inverse=True)  # [U], [B, L]
+        x = item_table[items]  # [U, input_size]
+        gates = self.gates(x)  # [U, K]
+        projected = torch.stack([expert.lin(expert.dropout(x)) for expert in self.experts], dim=1)
+        per_item = (gates.unsqueeze(-1) * projected).sum(dim=1)  # [U, out]
+        length = item_seq.size(1)
+        bias_proj = torch.stack(
+            [expert.lin(expert.bias[0, :length]) for expert in self.experts], dim=0
+        )  # [K, L, out]
+        position_term = torch.einsum("blk,kld->bld", gates[index], bias_proj)  # [B, L, out]
+        return per_item[index] - position_term
+
 
 class FrequencyFusion(nn.Module):
     """TedRec's sequence-level fusion of an ID sequence ``E`` and a text sequence ``T``.

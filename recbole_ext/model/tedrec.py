@@ -41,6 +41,10 @@ class TedRec(SASRec):
         * ``predict()`` scores given candidates with the same cosine, so sampled evaluation
           (e.g. ``uni100``) works; the official model has none.
         * Only ``loss_type: CE`` is accepted (the official model silently breaks under BPR).
+        * The MoE adapter is evaluated once per distinct item (exactly the official result in
+          eval mode, and faster). ``adaptor_dropout_scope: item`` does so in training too, drawing
+          one dropout mask and gate noise per item and batch instead of per position: an
+          approximation, off by default.
     """
 
     def __init__(self, config, dataset):
@@ -58,6 +62,7 @@ class TedRec(SASRec):
         self.n_exps = config["n_exps"]
         self.adaptor_layers = list(config["adaptor_layers"] or [self.plm_size, self.hidden_size])
         self.adaptor_dropout_prob = config["adaptor_dropout_prob"]
+        self.adaptor_dropout_scope = config["adaptor_dropout_scope"] or "position"
         self._check_config()
 
         # define layers: modules created after SASRec's init keep their own initialisation
@@ -85,6 +90,10 @@ class TedRec(SASRec):
             raise ValueError(f"temperature must be > 0, got {self.temperature}.")
         if not isinstance(self.n_exps, int) or self.n_exps < 1:
             raise ValueError(f"n_exps must be a positive integer, got {self.n_exps}.")
+        if self.adaptor_dropout_scope not in ("position", "item"):
+            raise ValueError(
+                f"adaptor_dropout_scope must be 'position' or 'item', got {self.adaptor_dropout_scope!r}."
+            )
         if not 0 <= self.adaptor_dropout_prob < 1:
             raise ValueError(f"adaptor_dropout_prob must be in [0, 1), got {self.adaptor_dropout_prob}.")
 
@@ -99,9 +108,15 @@ class TedRec(SASRec):
             return item_seq.gather(1, index), item_seq_len.clamp(max=length)
         return item_seq, item_seq_len
 
+    def _text_sequence(self, item_seq):
+        """MoE-adapted text of every position; per distinct item unless training per position."""
+        if self.training and self.adaptor_dropout_scope == "position":
+            return self.moe_adaptor(self.plm_embedding(item_seq))
+        return self.moe_adaptor.forward_by_item(self.plm_embedding.weight, item_seq)
+
     def forward(self, item_seq, item_seq_len):
         item_seq, item_seq_len = self._fit_length(item_seq, item_seq_len)  # [B, L], [B]
-        text_emb = self.moe_adaptor(self.plm_embedding(item_seq))  # [B, L, d]
+        text_emb = self._text_sequence(item_seq)  # [B, L, d]
         item_emb = self.item_embedding(item_seq)  # [B, L, d]
         fused = self.fusion(item_emb, text_emb)  # [B, L, d]
 
