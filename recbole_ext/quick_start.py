@@ -72,11 +72,19 @@ def build_parser():
     parser.add_argument("--port", type=str, default="5678", help="the port of master node")
     parser.add_argument("--world_size", type=int, default=-1, help="total number of jobs")
     parser.add_argument("--group_offset", type=int, default=0, help="the global rank offset of this group")
+    parser.add_argument(
+        "--benchmark", type=str, default=None,
+        help="run a benchmark YAML (path or packaged name) instead; see recbole_ext.benchmark",
+    )
     return parser
 
 
 def main(argv=None):
     args, _ = build_parser().parse_known_args(argv)
+    if args.benchmark:
+        from recbole_ext.benchmark import main as benchmark_main
+
+        return benchmark_main(argv)
     config_file_list = args.config_files.strip().split(" ") if args.config_files else None
     return run(
         args.model,
