@@ -6,6 +6,8 @@
 ``--benchmark`` is a YAML path or the name of a packaged config (``props/benchmarks/<name>.yaml``)
 with ``dataset``, ``models`` (the first is the baseline), ``seeds``, a shared RecBole ``config`` and
 optional per-model ``model_config``; other ``--key=value`` flags override the config of every run.
+A ``models`` entry may be a variant label whose ``model_config`` names the RecBole model, e.g.
+``TedRec-fast: {model: TedRec, adaptor_dropout_scope: item}``.
 Each run is a subprocess (so RecBole's logger, memory and crashes stay per run) whose record lands in
 ``<output_dir>/runs/<model>-seed<seed>/record.json``; a re-run skips finished runs. The output folder
 gets ``results.json`` (one record per run), ``summary.md`` (mean ± std over seeds, ratios to the
@@ -80,8 +82,10 @@ def run_benchmark(benchmark, models=None, seeds=None, output_dir=None, overrides
                 records.append(record)
                 continue
         print(f"[{index}/{len(plan)}] {model} seed {seed}: running (log: {run_dir}/run.log)", flush=True)
-        config = dict(_absolute_paths(bench["config"]), **bench["model_config"].get(model, {}), seed=seed)
-        record = _run_in_subprocess(model, bench["dataset"], seed, config, run_dir, list(overrides))
+        model_config = dict(bench["model_config"].get(model) or {})
+        recbole_model = model_config.pop("model", model)
+        config = dict(_absolute_paths(bench["config"]), **model_config, seed=seed)
+        record = _run_in_subprocess(model, recbole_model, bench["dataset"], seed, config, run_dir, list(overrides))
         print(f"[{index}/{len(plan)}] {model} seed {seed}: {record['status']} "
               f"({_short_metrics(record)})", flush=True)
         records.append(record)
@@ -98,11 +102,12 @@ def _short_metrics(record):
     return ", ".join(f"{k} {v:.4f}" for k, v in list(test.items())[:4]) + f", {record['epoch_seconds']:.1f} s/epoch"
 
 
-def _run_in_subprocess(model, dataset, seed, config, run_dir, overrides):
+def _run_in_subprocess(label, model, dataset, seed, config, run_dir, overrides):
     os.makedirs(run_dir, exist_ok=True)
     spec_path = os.path.join(run_dir, "spec.json")
+    spec = {"label": label, "model": model, "dataset": dataset, "config": config, "overrides": overrides}
     with open(spec_path, "w", encoding="utf-8") as f:
-        json.dump({"model": model, "dataset": dataset, "config": config, "overrides": overrides}, f)
+        json.dump(spec, f)
     with open(os.path.join(run_dir, "run.log"), "w", encoding="utf-8") as log:
         proc = subprocess.run(
             [sys.executable, "-m", "recbole_ext.benchmark", spec_path], cwd=run_dir, stdout=log,
@@ -114,7 +119,7 @@ def _run_in_subprocess(model, dataset, seed, config, run_dir, overrides):
             return json.load(f)
     with open(os.path.join(run_dir, "run.log"), encoding="utf-8") as f:
         tail = f.read()[-2000:]
-    record = {"model": model, "dataset": dataset, "seed": seed, "status": "failed",
+    record = {"model": label, "recbole_model": model, "dataset": dataset, "seed": seed, "status": "failed",
               "returncode": proc.returncode, "error": tail}
     with open(record_path, "w", encoding="utf-8") as f:
         json.dump(record, f, indent=1)
@@ -189,7 +194,8 @@ def run_single(spec_path):
     logger.info(f"test result: {test_result}")
 
     record = {
-        "model": spec["model"],
+        "model": spec["label"],
+        "recbole_model": spec["model"],
         "dataset": spec["dataset"],
         "seed": config["seed"],
         "status": "ok",

@@ -25,13 +25,15 @@ def test_two_model_two_seed_smoke_benchmark(tiny_config, tmp_path, capsys):
                   loss_type="CE", train_neg_sample_args=None)
     bench_file = tmp_path / "tiny.yaml"
     bench_file.write_text(yaml.safe_dump(
-        {"dataset": "tiny", "models": ["SASRec", "TedRec"], "seeds": [1, 2], "config": shared}
+        {"dataset": "tiny", "models": ["SASRec", "TedRec-fast"], "seeds": [1, 2], "config": shared,
+         "model_config": {"TedRec-fast": {"model": "TedRec", "adaptor_dropout_scope": "item"}}}
     ))
     out = tmp_path / "out"
     records = main([f"--benchmark={bench_file}", f"--output_dir={out}"])
     assert [(r["model"], r["seed"], r["status"]) for r in records] == [
-        ("SASRec", 1, "ok"), ("TedRec", 1, "ok"), ("SASRec", 2, "ok"), ("TedRec", 2, "ok")]
-    assert "[4/4] TedRec seed 2: running" in capsys.readouterr().out
+        ("SASRec", 1, "ok"), ("TedRec-fast", 1, "ok"), ("SASRec", 2, "ok"), ("TedRec-fast", 2, "ok")]
+    assert records[1]["recbole_model"] == "TedRec"  # a variant label of a registered model
+    assert "[4/4] TedRec-fast seed 2: running" in capsys.readouterr().out
 
     results = json.loads((out / "results.json").read_text())
     assert len(results) == 4
@@ -47,12 +49,12 @@ def test_two_model_two_seed_smoke_benchmark(tiny_config, tmp_path, capsys):
         ndcg = per_user["ndcg@10"]
         assert abs(sum(ndcg) / len(ndcg) - record["test"]["ndcg@10"]) < 1e-4
     summary = (out / "summary.md").read_text()
-    assert "| SASRec | 2 |" in summary and "| TedRec | 2 |" in summary
+    assert "| SASRec | 2 |" in summary and "| TedRec-fast | 2 |" in summary
     assert "ttest_rel" in summary and "x)" in summary
     assert (out / "metrics.png").stat().st_size > 1000
 
     # Re-running skips finished runs; a crashing run is recorded and the rest go on.
-    records = main([f"--benchmark={bench_file}", f"--output_dir={out}", "--models=SASRec,TedRec,Nope",
+    records = main([f"--benchmark={bench_file}", f"--output_dir={out}", "--models=SASRec,TedRec-fast,Nope",
                     "--seeds=1"])
     printed = capsys.readouterr().out
     assert printed.count("done before, skipped") == 2
