@@ -17,7 +17,6 @@ baseline, paired t-tests on per-user test metrics) and ``metrics.png``.
 import argparse
 import importlib.resources
 import json
-import math
 import os
 import statistics
 import subprocess

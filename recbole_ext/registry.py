@@ -31,18 +31,18 @@ _FAMILIES = {
 # Only listed, never imported: importing this family pulls in lightgbm and xgboost.
 _EXLIB_FAMILY = "exlib_recommender"
 
-_PROPS = {}  # model name -> packaged props YAML file name
+_REGISTERED = []  # model names, in registration order
 _CONFIG_HOOKED = False
 
 
 def registered_models():
     """Names of the models this plugin registered, in registration order."""
-    return list(_PROPS)
+    return list(_REGISTERED)
 
 
 def props_path(model_name):
     """Path of the packaged ``props/<model>.yaml`` (works for editable and regular installs)."""
-    return importlib.resources.files("recbole_ext.props").joinpath(_PROPS[model_name])
+    return importlib.resources.files("recbole_ext.props").joinpath(f"{model_name}.yaml")
 
 
 def register_model(model_class):
@@ -51,6 +51,8 @@ def register_model(model_class):
     family = _FAMILIES.get(model_class.type)
     if family is None:
         raise ValueError(f"Cannot register {name}: unsupported model type {model_class.type}.")
+    if not props_path(name).is_file():
+        raise FileNotFoundError(f"Cannot register {name}: no props/{name}.yaml is packaged with recbole_ext.")
     alias = f"recbole.model.{family}.{name.lower()}"
     module = sys.modules[model_class.__module__]
     if sys.modules.get(alias) is not module:
@@ -62,14 +64,9 @@ def register_model(model_class):
                 )
         sys.modules[alias] = module
         setattr(importlib.import_module(f"recbole.model.{family}"), name.lower(), module)
-    if not props_exists(name):
-        raise FileNotFoundError(f"No props/{name}.yaml is packaged with recbole_ext.")
-    _PROPS[name] = f"{name}.yaml"
+    if name not in _REGISTERED:
+        _REGISTERED.append(name)
     _hook_config_once()
-
-
-def props_exists(model_name):
-    return importlib.resources.files("recbole_ext.props").joinpath(f"{model_name}.yaml").is_file()
 
 
 def _exlib_model_names():
@@ -80,10 +77,10 @@ def _exlib_model_names():
 
 def check_model_name(model_name):
     """Raise a ``ValueError`` listing the available models when ``model_name`` cannot resolve."""
-    if model_name in _PROPS:
+    if model_name in _REGISTERED:
         return
     lower = model_name.lower()
-    same_but_case = [n for n in _PROPS if n.lower() == lower]
+    same_but_case = [n for n in _REGISTERED if n.lower() == lower]
     for family in _FAMILIES.values():
         module_path = f"recbole.model.{family}.{lower}"
         if not same_but_case and importlib.util.find_spec(module_path) is not None:
@@ -98,10 +95,10 @@ def check_model_name(model_name):
         )
     if lower in _exlib_model_names():
         return
-    suggestions = difflib.get_close_matches(model_name, list(_PROPS), n=1, cutoff=0.6)
+    suggestions = difflib.get_close_matches(model_name, list(_REGISTERED), n=1, cutoff=0.6)
     hint = f" Did you mean '{suggestions[0]}'?" if suggestions else ""
     raise ValueError(
-        f"Unknown model '{model_name}'.{hint} recbole_ext models: {', '.join(_PROPS)}. "
+        f"Unknown model '{model_name}'.{hint} recbole_ext models: {', '.join(_REGISTERED)}. "
         "RecBole's own models (e.g. SASRec, BERT4Rec, GRU4Rec, FDSA) are accepted too; "
         "see https://recbole.io/model_list.html."
     )
@@ -118,7 +115,7 @@ def _hook_config_once():
 
     def _load_internal_config_dict(self, model, model_class, dataset):
         original_load(self, model, model_class, dataset)
-        if model in _PROPS:
+        if model in _REGISTERED:
             with importlib.resources.as_file(props_path(model)) as path:
                 self._update_internal_config_dict(str(path))
 
