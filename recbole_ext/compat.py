@@ -18,6 +18,8 @@ Shims (see ``shared/specs/recbole_plugin.md`` §3-§4):
   and checks every backward for NaN, several times slower. It is switched back off (RecBole's
   trainer still stops on a NaN loss).
 * scipy >= 1.13 dropped ``dok_matrix._update`` (used by RecBole's graph baselines).
+* ``ensure_dir`` checks then creates, so DDP ranks starting together crash on ``FileExistsError``
+  for ``./log`` or ``saved/``; it is made race-free.
 * DDP: RecBole hardcodes NCCL and CUDA devices. On a machine without CUDA, or with
   ``ddp_backend: gloo``, the process group uses gloo on the CPU. The stock best-checkpoint race
   (non-zero ranks read the file before rank 0 wrote it, under a name each rank chose itself) is
@@ -45,6 +47,7 @@ def apply():
     _patch_scipy_dok_update()
     _undo_sine_anomaly_detection()
     _patch_checkpoint_loads()
+    _patch_ensure_dir()
     _patch_distributed()
     _APPLIED = True
 
@@ -125,6 +128,19 @@ def _patch_checkpoint_loads():
     qs.load_data_and_model = load
     recbole.quick_start.load_data_and_model = load
     Trainer.evaluate = _evaluate_with_safe_checkpoint(Trainer.evaluate)
+
+
+def _patch_ensure_dir():
+    import recbole.utils.utils
+
+    original = recbole.utils.utils.ensure_dir
+
+    def ensure_dir(dir_path):
+        os.makedirs(dir_path, exist_ok=True)
+
+    for name, module in list(sys.modules.items()):  # every module that imported it by name
+        if name.startswith("recbole.") and getattr(module, "ensure_dir", None) is original:
+            module.ensure_dir = ensure_dir
 
 
 def _is_distributed(config):

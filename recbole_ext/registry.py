@@ -51,8 +51,6 @@ def register_model(model_class):
     family = _FAMILIES.get(model_class.type)
     if family is None:
         raise ValueError(f"Cannot register {name}: unsupported model type {model_class.type}.")
-    if not props_path(name).is_file():
-        raise FileNotFoundError(f"Cannot register {name}: no props/{name}.yaml is packaged with recbole_ext.")
     alias = f"recbole.model.{family}.{name.lower()}"
     module = sys.modules[model_class.__module__]
     if sys.modules.get(alias) is not module:
@@ -62,6 +60,8 @@ def register_model(model_class):
                     f"Cannot register {name}: RecBole already has a model module "
                     f"'recbole.model.{other_family}.{name.lower()}'. Rename the plugin model."
                 )
+        if not props_path(name).is_file():
+            raise FileNotFoundError(f"Cannot register {name}: no props/{name}.yaml is packaged with recbole_ext.")
         sys.modules[alias] = module
         setattr(importlib.import_module(f"recbole.model.{family}"), name.lower(), module)
     if name not in _REGISTERED:

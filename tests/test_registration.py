@@ -83,6 +83,13 @@ def test_compat_layer():
     assert callable(tune.report)
     assert "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD" not in os.environ
     assert not torch.is_anomaly_enabled()  # RecBole's sine.py turns it on at import
+    import recbole.data.utils
+    import recbole.trainer.trainer
+    import recbole.utils.logger
+
+    # DDP ranks create ./log and saved/ at the same time: RecBole's check-then-create must not race
+    for module in (recbole.utils.logger, recbole.data.utils, recbole.trainer.trainer):
+        assert module.ensure_dir.__module__ == "recbole_ext.compat"
 
 
 def _evaluate_test(config, model, test_data):
