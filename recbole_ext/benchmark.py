@@ -84,6 +84,7 @@ def run_benchmark(benchmark, models=None, seeds=None, output_dir=None, overrides
         model_config = dict(bench["model_config"].get(model) or {})
         recbole_model = model_config.pop("model", model)
         config = dict(_absolute_paths(bench["config"]), **model_config, seed=seed)
+        config.setdefault("text_feature_dir", os.path.join(output_dir, "text_features"))  # built once
         record = _run_in_subprocess(model, recbole_model, bench["dataset"], seed, config, run_dir, list(overrides))
         print(f"[{index}/{len(plan)}] {model} seed {seed}: {record['status']} "
               f"({_short_metrics(record)})", flush=True)

@@ -63,7 +63,9 @@ def _patch_numpy_aliases():
 
 def _ensure_ray_tune():
     try:
-        from ray import tune  # noqa: F401
+        with warnings.catch_warnings():  # ray 2.6.3 warns that pkg_resources is deprecated
+            warnings.simplefilter("ignore", UserWarning)
+            from ray import tune  # noqa: F401
     except Exception:  # ray missing, or broken by numpy 2 / missing pkg_resources
         for name in [m for m in sys.modules if m == "ray" or m.startswith("ray.")]:
             del sys.modules[name]
