@@ -118,15 +118,27 @@ def test_fusion_equals_explicit_circular_convolution(length):
 def test_moe_matches_its_definition():
     torch.manual_seed(0)
     moe = MoEAdaptorLayer(n_exps=3, layers=[6, 4], dropout=0.2, max_seq_length=5).eval()
-    for expert in moe.experts:
-        torch.nn.init.normal_(expert.bias)
+    torch.nn.init.normal_(moe.expert_bias)
     torch.nn.init.normal_(moe.w_gate)
     x = torch.randn(2, 5, 6)
     gates = torch.softmax(x @ moe.w_gate, dim=-1)
     expected = sum(
-        gates[..., k : k + 1] * ((x - e.bias) @ e.lin.weight.t()) for k, e in enumerate(moe.experts)
+        gates[..., k : k + 1] * ((x - moe.expert_bias[k]) @ moe.expert_weight[k]) for k in range(3)
     )
     torch.testing.assert_close(moe(x), expected)
+
+
+def test_each_expert_draws_its_own_dropout_mask():
+    torch.manual_seed(0)
+    moe = MoEAdaptorLayer(n_exps=2, layers=[64, 64], dropout=0.5, max_seq_length=3).train()
+    with torch.no_grad():
+        moe.expert_weight.copy_(torch.eye(64).expand(2, -1, -1))
+    moe.w_gate.requires_grad_(False)
+    moe.noisy_gating = False
+    torch.manual_seed(1)
+    out = moe(torch.ones(1, 3, 64))  # gates 1/2 each: out = (mask_0 + mask_1) / 2 / (1 - p)
+    values = set(torch.round(out.flatten(), decimals=4).tolist())
+    assert values == {0.0, 1.0, 2.0}  # both, one or neither expert kept an element
 
 
 def test_per_item_moe_equals_per_position_moe_in_eval(prepared):

@@ -5,30 +5,15 @@ import torch.nn.functional as F
 from torch import nn
 
 
-class PositionBiasedExpert(nn.Module):
-    """One MoE expert: ``(Dropout(x) - s[pos]) @ A`` with a learnable per-position bias ``s``.
-
-    TedRec's "distinguishable textual representation" layer: UniSRec's whitening expert whose
-    bias depends on the sequence position, so the text is modulated by where it occurs.
-    """
-
-    def __init__(self, input_size, output_size, max_seq_length, dropout, initializer_range=0.02):
-        super().__init__()
-        self.dropout = nn.Dropout(dropout)
-        self.bias = nn.Parameter(torch.zeros(1, max_seq_length, input_size))
-        self.lin = nn.Linear(input_size, output_size, bias=False)
-        nn.init.normal_(self.lin.weight, mean=0.0, std=initializer_range)
-
-    def forward(self, x):  # x: [B, L, input_size]
-        return self.lin(self.dropout(x) - self.bias[:, : x.size(1)])
-
-
 class MoEAdaptorLayer(nn.Module):
-    """Dense softmax mixture of position-biased experts with noisy gating in training.
+    """Dense softmax mixture of position-biased linear experts with noisy gating in training.
 
-    The gate ``softmax(x W_g + eps * (softplus(x W_n) + 0.01))`` (noise only in training) is
-    computed from the un-dropped input; every expert draws its own dropout mask. There is no
-    top-k selection and no load-balancing loss, as in the official TedRec/UniSRec code.
+    Expert ``k`` maps a text vector at position ``j`` to ``(Dropout_k(x) - s_kj) A_k``: UniSRec's
+    whitening expert whose bias ``s`` depends on the sequence position (TedRec's "distinguishable
+    textual representation"). The gate ``softmax(x W_g + eps * (softplus(x W_n) + 0.01))`` (noise
+    only in training) is computed from the un-dropped input; every expert draws its own dropout
+    mask. No top-k selection and no load-balancing loss, as in the official TedRec/UniSRec code.
+    The experts are stored stacked so that all of them run as one batched matmul.
     """
 
     def __init__(self, n_exps, layers, dropout, max_seq_length, noise=True, initializer_range=0.02):
@@ -36,12 +21,20 @@ class MoEAdaptorLayer(nn.Module):
         input_size, output_size = layers
         self.n_exps = n_exps
         self.noisy_gating = noise
-        self.experts = nn.ModuleList(
-            PositionBiasedExpert(input_size, output_size, max_seq_length, dropout, initializer_range)
-            for _ in range(n_exps)
-        )
+        self.dropout_prob = dropout
+        self.expert_bias = nn.Parameter(torch.zeros(n_exps, max_seq_length, input_size))
+        self.expert_weight = nn.Parameter(torch.empty(n_exps, input_size, output_size))
+        nn.init.normal_(self.expert_weight, mean=0.0, std=initializer_range)
         self.w_gate = nn.Parameter(torch.zeros(input_size, n_exps))
         self.w_noise = nn.Parameter(torch.zeros(input_size, n_exps))
+
+    def dropout(self, x):
+        """Inverted dropout from a uniform draw: the same distribution as ``F.dropout``, about 2x
+        faster on CPU, which matters because the experts drop K copies of every text vector."""
+        if not self.training or self.dropout_prob == 0:
+            return x
+        keep = torch.rand_like(x) >= self.dropout_prob
+        return x * keep / (1.0 - self.dropout_prob)
 
     def gates(self, x):  # x: [..., input_size] -> [..., n_exps]
         logits = x @ self.w_gate
@@ -51,9 +44,13 @@ class MoEAdaptorLayer(nn.Module):
         return torch.softmax(logits, dim=-1)
 
     def forward(self, x):  # x: [B, L, input_size] -> [B, L, output_size]
-        gates = self.gates(x).unsqueeze(-1)  # [B, L, K, 1]
-        expert_out = torch.stack([expert(x) for expert in self.experts], dim=-2)  # [B, L, K, out]
-        return (gates * expert_out).sum(dim=-2)
+        batch, length, input_size = x.shape
+        gates = self.gates(x)  # [B, L, K]
+        per_expert = self.dropout(x.unsqueeze(0).expand(self.n_exps, -1, -1, -1))  # [K, B, L, in]
+        per_expert = per_expert - self.expert_bias[:, None, :length]
+        expert_out = torch.bmm(per_expert.reshape(self.n_exps, batch * length, input_size), self.expert_weight)
+        expert_out = expert_out.view(self.n_exps, batch, length, -1)  # [K, B, L, out]
+        return torch.einsum("blk,kblo->blo", gates, expert_out)
 
     def forward_by_item(self, item_table, item_seq):
         """``forward(item_table[item_seq])`` computed once per distinct item, not once per position.
@@ -66,13 +63,10 @@ class MoEAdaptorLayer(nn.Module):
         items, index = torch.unique(item_seq, return_inverse=True)  # [U], [B, L]
         x = item_table[items]  # [U, input_size]
         gates = self.gates(x)  # [U, K]
-        projected = torch.stack([expert.lin(expert.dropout(x)) for expert in self.experts], dim=1)
-        per_item = (gates.unsqueeze(-1) * projected).sum(dim=1)  # [U, out]
-        length = item_seq.size(1)
-        bias_proj = torch.stack(
-            [expert.lin(expert.bias[0, :length]) for expert in self.experts], dim=0
-        )  # [K, L, out]
-        position_term = torch.einsum("blk,kld->bld", gates[index], bias_proj)  # [B, L, out]
+        per_expert = self.dropout(x.unsqueeze(0).expand(self.n_exps, -1, -1))  # [K, U, in]
+        per_item = torch.einsum("uk,kuo->uo", gates, torch.bmm(per_expert, self.expert_weight))
+        bias_proj = torch.bmm(self.expert_bias[:, : item_seq.size(1)], self.expert_weight)  # [K, L, out]
+        position_term = torch.einsum("blk,klo->blo", gates[index], bias_proj)  # [B, L, out]
         return per_item[index] - position_term
 
 

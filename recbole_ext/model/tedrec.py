@@ -23,7 +23,8 @@ from recbole_ext.model.layers import FrequencyFusion, MoEAdaptorLayer
 class TedRec(SASRec):
     r"""TedRec fuses the ID sequence and the text sequence in the frequency domain, then runs SASRec.
 
-    Frozen item text vectors pass through a mixture of position-biased experts (MoE adapter);
+    Frozen item text vectors pass through a mixture of position-biased experts
+    (:class:`~recbole_ext.model.layers.MoEAdaptorLayer`);
     the ID and text sequences are combined by :class:`~recbole_ext.model.layers.FrequencyFusion`
     (a learnable filter on the ID spectrum plus the ID-text spectral product, each with a scalar
     sigmoid gate per position); the result replaces SASRec's item embeddings at the input.
