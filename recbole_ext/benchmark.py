@@ -181,9 +181,9 @@ def run_single(spec_path):
         saved_epochs.append(epoch)
         return save_checkpoint(epoch, *args, **kwargs)
 
-    def kept_struct():
-        structs.append(get_struct())
-        return structs[-1]
+    def kept_struct():  # keep only the latest evaluation's data (the test one, in the end)
+        structs[:] = [get_struct()]
+        return structs[0]
 
     trainer._train_epoch, trainer._save_checkpoint = timed_train_epoch, tracked_save
     trainer.eval_collector.get_data_struct = kept_struct
