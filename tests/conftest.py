@@ -15,7 +15,7 @@ ML100K_DIR = os.path.join(os.path.dirname(recbole.__file__), "dataset_example", 
 TINY_USERS = 60
 
 
-def write_tiny_dataset(root, name="tiny", item_token=str):
+def write_tiny_dataset(root, name="tiny", item_token=str, with_kg=True):
     """Write the first TINY_USERS users of ml-100k (all their interactions and items) to root/name."""
     inter = pd.read_csv(os.path.join(ML100K_DIR, "ml-100k.inter"), sep="\t", dtype=str)
     item = pd.read_csv(os.path.join(ML100K_DIR, "ml-100k.item"), sep="\t", dtype=str, keep_default_na=False)
@@ -28,6 +28,14 @@ def write_tiny_dataset(root, name="tiny", item_token=str):
     os.makedirs(folder, exist_ok=True)
     inter.to_csv(os.path.join(folder, f"{name}.inter"), sep="\t", index=False)
     item.to_csv(os.path.join(folder, f"{name}.item"), sep="\t", index=False)
+    if with_kg:  # the KG facts whose heads are the kept items (LRD's predefined relations)
+        link = pd.read_csv(os.path.join(ML100K_DIR, "ml-100k.link"), sep="\t", dtype=str)
+        link = link[link["item_id:token"].isin(item["item_id:token"].map(str))].copy()
+        kg = pd.read_csv(os.path.join(ML100K_DIR, "ml-100k.kg"), sep="\t", dtype=str, keep_default_na=False)
+        kg = kg[kg["head_id:token"].isin(link["entity_id:token"])]
+        link["item_id:token"] = link["item_id:token"].map(item_token)
+        link.to_csv(os.path.join(folder, f"{name}.link"), sep="\t", index=False)
+        kg.to_csv(os.path.join(folder, f"{name}.kg"), sep="\t", index=False)
     return str(root)
 
 

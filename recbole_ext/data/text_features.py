@@ -159,7 +159,7 @@ def build_text_features(config, output_path=None, show_progress=True):
         texts, encoder_path, config["text_pooling"], config["text_batch_size"],
         config["text_max_length"], show_progress,
     )
-    if vectors.shape[1] != config["plm_size"]:
+    if config["plm_size"] is not None and vectors.shape[1] != config["plm_size"]:
         raise TextFeatureError(
             f"Encoder '{config['text_encoder']}' gives {vectors.shape[1]}-d vectors but plm_size is "
             f"{config['plm_size']}. Set `plm_size: {vectors.shape[1]}` (and the model's input width, "
@@ -210,7 +210,7 @@ def _check_meta(path, meta, config):
             f"Text feature file '{path}' was built with other settings ({details}). "
             "Delete it to rebuild, or set another `plm_suffix`."
         )
-    if meta.get("dim") != config["plm_size"]:
+    if config["plm_size"] is not None and meta.get("dim") != config["plm_size"]:
         raise TextFeatureError(
             f"Text feature file '{path}' holds {meta.get('dim')}-d vectors but plm_size is "
             f"{config['plm_size']}. Set `plm_size: {meta.get('dim')}` (and the model's input width, "
@@ -219,7 +219,9 @@ def _check_meta(path, meta, config):
 
 
 def load_item_text_embeddings(config, dataset):
-    """Text features aligned to RecBole's internal item ids: float32 [n_items, plm_size], PAD row 0."""
+    """Text features aligned to RecBole's internal item ids: float32 [n_items, plm_size], PAD row 0.
+
+    ``plm_size: ~`` takes the width from the file's sidecar (files this module wrote)."""
     path = _ensure_feature_file(config)
     plm_size = config["plm_size"]
     meta = None
@@ -227,6 +229,12 @@ def load_item_text_embeddings(config, dataset):
         with open(_meta_path(path), encoding="utf-8") as f:
             meta = json.load(f)
         _check_meta(path, meta, config)
+        plm_size = plm_size or meta.get("dim")
+    if not plm_size:
+        raise TextFeatureError(
+            f"Text feature file '{path}' has no .json sidecar giving its width; set `plm_size` to the "
+            "number of floats per row (e.g. 768 for UniSRec's .feat1CLS files)."
+        )
     raw = np.fromfile(path, dtype="<f4")
     if raw.size == 0 or raw.size % plm_size:
         raise TextFeatureError(

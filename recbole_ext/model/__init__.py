@@ -1,7 +1,8 @@
 """Plugin models; each is a RecBole ``SequentialRecommender`` registered on ``import recbole_ext``."""
 
+from recbole_ext.model.lrd import LRD
 from recbole_ext.model.tedrec import TedRec
 
-MODELS = [TedRec]
+MODELS = [TedRec, LRD]
 
-__all__ = ["TedRec", "MODELS"]
+__all__ = ["TedRec", "LRD", "MODELS"]

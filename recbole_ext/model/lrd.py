@@ -1,0 +1,332 @@
+"""LRD
+################################################
+
+Reference:
+    Shenghao Yang et al. "Sequential Recommendation with Latent Relations based on Large Language
+    Model." In SIGIR 2024.
+
+Reference code:
+    https://github.com/ysh-1998/LRD (RCF.py, RCFPlus.py, KDA.py, KDAPlus.py)
+
+One class runs the four models of the official code: the relation-aware backbone ``rcf`` (KDA's
+architecture without time decay, as the official "RCF") or ``kda`` (with KDA's learnable Fourier
+time decay per relation), each with or without the LRD module (``lrd_weight: 0`` is the backbone
+alone, without latent relation slots, as the official RCF.py/KDA.py).
+
+Backbone: for each candidate ``c`` and relation ``r``, attention over the history by the DistMult
+plausibility ``<E[s_l], (Rel[r] + E[value_c,r]) * E[c]>``; the per-relation contexts pass
+``n_layers`` times through one weight-shared multi-head self-attention + FFN + post-LayerNorm over
+the relation tokens; their mean plus the user vector is scored against ``E[c]``, plus an item bias.
+Trained with BPR on one sampled negative, plus ``gamma`` times a DistMult KG loss on triples of the
+predefined relations (``recbole_ext.data.relations``).
+
+LRD: frozen item text vectors (``recbole_ext.data.text_features``) drive a relation encoder
+``q(r | history item, target) = softmax(W_q [W_p x_hist; W_p x_target])`` over all relation types
+(virtual, predefined and ``n_latent_relations`` latent ones) and a decoder that reconstructs each
+history item from the target under ``q``-weighted relation vectors against a random negative:
+``-log mean_l sigmoid(q_lr <(E[s_l] - E[n_l]) * Rel[r], E[t] + 1>)``, averaged over relations,
+plus ``entropy_weight`` times the mean entropy of ``q``. LRD shares the relation and entity tables
+with the backbone; ``q`` itself is not used when scoring.
+
+Followed from the official code where the paper differs or is silent: no Gumbel/temperature (``q``
+is a plain softmax); the entropy is *minimised* (``entropy_mode: maximize`` gives the usual DVAE
+regulariser); ``leave_one_latent`` drops the virtual relation 0 from the reconstruction.
+
+Deviations: relation types come from the RecBole dataset's KG (``.kg`` + ``.link``) and/or ``.item``
+token fields rather than ReChorus ``item_meta.csv``; multi-valued attributes use the mean of their
+value embeddings; KG triples are drawn per batch (``train_batch_size`` of them, with replacement)
+rather than once per epoch; training negatives come from RecBole's sampler (excludes the user's
+training items, not all of their items); LRD's per-slot negatives are resampled when they hit the
+row's own history or target (the official code excludes the user's whole clicked set); the default
+text vectors come from all-MiniLM-L6-v2 instead of OpenAI ada-002; one ``weight_decay`` for all
+parameters (official: none on biases).
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+from recbole.model.abstract_recommender import SequentialRecommender
+from recbole.utils import InputType
+from torch import nn
+
+from recbole_ext.data.relations import build_item_relations
+from recbole_ext.data.text_features import load_item_text_embeddings
+
+BACKBONES = ("rcf", "kda")
+ENTROPY_MODES = ("minimize", "maximize")
+_RESAMPLE_ROUNDS = 10
+
+
+class RelationSelfAttentionLayer(nn.Module):
+    """One pass over the relation tokens of each (row, candidate): bias-free multi-head attention
+    without output projection, then ``LayerNorm(x + Dropout(W2 ReLU(W1 attn(x))))`` (post-LN, no
+    residual around the attention alone), as the official KDA/RCF layer."""
+
+    def __init__(self, hidden_size, n_heads, dropout_prob):
+        super().__init__()
+        self.n_heads = n_heads
+        self.qkv = nn.Linear(hidden_size, 3 * hidden_size, bias=False)
+        self.ffn_in = nn.Linear(hidden_size, hidden_size)
+        self.ffn_out = nn.Linear(hidden_size, hidden_size)
+        self.dropout = nn.Dropout(dropout_prob)
+        self.layer_norm = nn.LayerNorm(hidden_size)
+
+    def forward(self, tokens):  # [N, R, d] -> [N, R, d]
+        n, n_tokens, hidden = tokens.shape
+        qkv = self.qkv(tokens).view(n, n_tokens, 3, self.n_heads, hidden // self.n_heads)
+        query, key, value = qkv.permute(2, 0, 3, 1, 4)  # each [N, heads, R, d_head]
+        weights = (query @ key.transpose(-1, -2) * query.size(-1) ** -0.5).softmax(dim=-1)  # [N, heads, R, R]
+        attended = weights @ value
+        attended = attended.transpose(1, 2).reshape(n, n_tokens, hidden)
+        return self.layer_norm(tokens + self.dropout(self.ffn_out(torch.relu(self.ffn_in(attended)))))
+
+
+class LRD(SequentialRecommender):
+    input_type = InputType.PAIRWISE
+
+    def __init__(self, config, dataset):
+        super().__init__(config, dataset)
+        self.embedding_size = config["embedding_size"]
+        self.n_heads = config["n_heads"]
+        self.n_layers = config["n_layers"]
+        self.dropout_prob = config["dropout_prob"]
+        self.initializer_range = config["initializer_range"]
+        self.backbone = config["backbone"]
+        self.include_value = config["include_value"]
+        self.n_freq = config["n_freq"]
+        self.time_scalar = config["time_scalar"]
+        self.neg_head_prob = config["neg_head_prob"]
+        self.lrd_weight = config["lrd_weight"]
+        self.leave_one_latent = config["leave_one_latent"]
+        self.entropy_weight = config["entropy_weight"]
+        self.entropy_mode = config["entropy_mode"]
+        self.eval_candidate_chunk = config["eval_candidate_chunk"]
+        self.TIME = config["TIME_FIELD"]
+        self.TIME_LIST = self.TIME + config["LIST_SUFFIX"]  # RecBole's sequential data always has times
+        self._check_config(config)
+        self.n_latent = config["n_latent_relations"] if self.lrd_weight > 0 else 0
+
+        relations = build_item_relations(config, dataset)
+        self.relation_names = relations.names + [f"latent_{k}" for k in range(self.n_latent)]
+        self.n_relations = len(self.relation_names)
+        self.n_item_relations = len(relations.item_relations)
+        self.n_attributes = len(relations.attribute_relations)
+        self.n_entities = relations.n_entities
+        self._register_relation_buffers(relations)
+        kg_weight = config["kg_weight"]
+        self.kg_weight = len(relations.triple_head) / dataset.inter_num if kg_weight < 0 else kg_weight
+
+        self.user_embedding = nn.Embedding(dataset.user_num, self.embedding_size)
+        self.entity_embedding = nn.Embedding(self.n_entities, self.embedding_size)
+        self.relation_embedding = nn.Embedding(self.n_relations, self.embedding_size)
+        self.item_bias = nn.Embedding(self.n_items, 1)
+        self.relation_layer = RelationSelfAttentionLayer(self.embedding_size, self.n_heads, self.dropout_prob)
+        if self.backbone == "kda":
+            self.freq_real = nn.Embedding(self.n_relations, self.n_freq)
+            self.freq_imag = nn.Embedding(self.n_relations, self.n_freq)
+            self.register_buffer("frequencies", torch.linspace(0, 0.5, self.n_freq), persistent=False)
+        if self.lrd_weight > 0:
+            self.register_buffer("item_text", load_item_text_embeddings(config, dataset))
+            self.text_projection = nn.Linear(self.item_text.size(1), self.embedding_size)
+            self.relation_classifier = nn.Linear(2 * self.embedding_size, self.n_relations)
+        self.apply(self._init_weights)
+
+    def _check_config(self, config):
+        if self.backbone not in BACKBONES:
+            raise ValueError(f"backbone must be one of {BACKBONES}, got {self.backbone!r}.")
+        if self.entropy_mode not in ENTROPY_MODES:
+            raise ValueError(f"entropy_mode must be one of {ENTROPY_MODES}, got {self.entropy_mode!r}.")
+        if self.embedding_size % self.n_heads:
+            raise ValueError(f"embedding_size ({self.embedding_size}) must be divisible by n_heads ({self.n_heads}).")
+        for key in ("n_layers", "eval_candidate_chunk", "n_freq"):
+            if not isinstance(config[key], int) or config[key] < 1:
+                raise ValueError(f"{key} must be a positive integer, got {config[key]!r}.")
+        for key in ("lrd_weight", "entropy_weight", "n_latent_relations"):
+            if config[key] is None or config[key] < 0:
+                raise ValueError(f"{key} must be >= 0, got {config[key]!r}.")
+        if not 0 <= self.neg_head_prob <= 1 or not 0 <= self.dropout_prob < 1:
+            raise ValueError("neg_head_prob must lie in [0, 1] and dropout_prob in [0, 1).")
+        if config["train_neg_sample_args"]["distribution"] == "none":
+            raise ValueError(
+                "LRD trains with BPR against sampled negatives, as the official code: set "
+                "`train_neg_sample_args: {distribution: uniform, sample_num: 1}` and `loss_type: BPR` "
+                "(they are LRD's defaults unless a config file sets `train_neg_sample_args: ~`)."
+            )
+
+    def _register_relation_buffers(self, relations):
+        """Item value rows, KG triples, their lookup keys and a value -> items index as buffers."""
+        for name in ("value_item", "value_attribute", "value_entity", "value_weight",
+                     "triple_head", "triple_relation", "triple_tail"):
+            self.register_buffer(name, getattr(relations, name), persistent=False)
+        self.register_buffer("triple_keys", torch.sort(self._fact_key(
+            relations.triple_head, relations.triple_relation, relations.triple_tail)).values, persistent=False)
+        # items carrying each attribute value, grouped by value entity: CSR (offsets, items)
+        order = torch.argsort(relations.value_entity, stable=True)
+        counts = torch.bincount(relations.value_entity, minlength=self.n_entities)
+        self.register_buffer("value_offsets", F.pad(torch.cumsum(counts, 0), (1, 0)), persistent=False)
+        self.register_buffer("value_members", relations.value_item[order], persistent=False)
+
+    def _fact_key(self, head, relation, tail):
+        return (head * self.n_relations + relation) * self.n_entities + tail
+
+    def _is_fact(self, head, relation, tail):
+        """Whether each (head, relation, tail) is a KG triple (binary search in the sorted keys)."""
+        key = self._fact_key(head, relation, tail)
+        position = torch.searchsorted(self.triple_keys, key).clamp(max=len(self.triple_keys) - 1)
+        return self.triple_keys[position] == key
+
+    def _init_weights(self, module):
+        """N(0, initializer_range) for every Linear/Embedding weight and bias, as the official code."""
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            module.weight.data.normal_(mean=0.0, std=self.initializer_range)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            module.bias.data.normal_(mean=0.0, std=self.initializer_range)
+
+    # ----- backbone -----------------------------------------------------------------------
+    def _item_values(self):
+        """Value vector of every (item, relation): [n_items, R, d]. ``E[0]`` for the virtual,
+        item-item and latent relations; the weighted mean of value entities for attributes."""
+        entities = self.entity_embedding.weight
+        null = entities[0].expand(self.n_items, -1)
+        attributes = torch.zeros(self.n_items * self.n_attributes, self.embedding_size, device=entities.device)
+        attributes = attributes.index_add(
+            0, self.value_item * self.n_attributes + self.value_attribute,
+            entities[self.value_entity] * self.value_weight.unsqueeze(1),
+        ).view(self.n_items, self.n_attributes, self.embedding_size)
+        n_before, n_after = 1 + self.n_item_relations, self.n_latent
+        return torch.cat([
+            null.unsqueeze(1).expand(-1, n_before, -1), attributes, null.unsqueeze(1).expand(-1, n_after, -1)
+        ], dim=1)
+
+    def _time_decay(self, interaction, mask):
+        """KDA's per-relation decay ``clamp(1/(2F) sum_k Re_rk cos(2 pi f_k t) - Im_rk sin(2 pi f_k t), 0, 1)``
+        of ``t = max(log2(dt / time_scalar), 0)``: [B, L, R], zero on padding."""
+        delta = (interaction[self.TIME].unsqueeze(1) - interaction[self.TIME_LIST]).float()  # [B, L]
+        scaled = torch.log2(delta / self.time_scalar + 1e-6).clamp(min=0)
+        phase = 2 * math.pi * scaled.unsqueeze(-1) * self.frequencies  # [B, L, F]
+        decay = (phase.cos() @ self.freq_real.weight.t() - phase.sin() @ self.freq_imag.weight.t()) / (2 * self.n_freq)
+        return decay.clamp(0, 1).masked_fill(~mask.unsqueeze(-1), 0.0)
+
+    def _score_chunk(self, user, history, mask, decay, values, candidates):
+        """Scores of ``candidates`` ([B, C] per row, or [C] shared by all rows): [B, C]."""
+        item = self.entity_embedding(candidates)  # [B, C, d] or [C, d]
+        relation = self.relation_embedding.weight  # [R, d]
+        if values is not None:
+            relation = relation + values[candidates]  # [(B,) C, R, d]
+        keys = relation * item.unsqueeze(-2)  # [(B,) C, R, d]
+        pattern = "bld,crd->bclr" if candidates.dim() == 1 else "bld,bcrd->bclr"
+        logits = torch.einsum(pattern, history, keys)  # [B, C, L, R]
+        logits = logits.masked_fill(~mask[:, None, :, None], torch.finfo(logits.dtype).min)
+        attention = logits.softmax(dim=2)
+        if decay is not None:
+            attention = attention * decay.unsqueeze(1)  # no renormalisation, as KDA
+        context = torch.einsum("bclr,bld->bcrd", attention, history)  # [B, C, R, d]
+        batch, n_candidates = context.shape[:2]
+        tokens = context.reshape(batch * n_candidates, self.n_relations, -1)
+        for _ in range(self.n_layers):
+            tokens = self.relation_layer(tokens)
+        pooled = tokens.mean(dim=1).view(batch, n_candidates, -1)  # [B, C, d]
+        return ((user.unsqueeze(1) + pooled) * item).sum(-1) + self.item_bias(candidates).squeeze(-1)
+
+    def forward(self, interaction, candidates):
+        """Scores of ``candidates`` ([B, C], or [C] for every row), computed ``eval_candidate_chunk``
+        candidates at a time: [B, C]."""
+        item_seq = interaction[self.ITEM_SEQ]
+        mask = item_seq > 0  # [B, L]
+        user = self.user_embedding(interaction[self.USER_ID])
+        history = self.entity_embedding(item_seq)  # [B, L, d]
+        decay = self._time_decay(interaction, mask) if self.backbone == "kda" else None
+        values = self._item_values() if self.include_value else None
+        chunks = candidates.split(self.eval_candidate_chunk, dim=-1)
+        return torch.cat([self._score_chunk(user, history, mask, decay, values, c) for c in chunks], dim=-1)
+
+    # ----- losses -------------------------------------------------------------------------
+    def _random_items(self, shape):
+        return torch.randint(1, self.n_items, shape, device=self.item_bias.weight.device)
+
+    def _kg_score(self, head, relation, value, tail):
+        relation_vec = self.relation_embedding(relation)
+        if self.include_value:
+            relation_vec = relation_vec + self.entity_embedding(value)
+        return (self.entity_embedding(head) * relation_vec * self.entity_embedding(tail)).sum(-1)
+
+    def kg_loss(self, batch_size):
+        """DistMult BPR on ``batch_size`` sampled triples with one filtered corruption each. An
+        attribute triple (i, r, x) becomes the item pair (i, j) with ``j`` drawn among the items with
+        value ``x``, scored with value ``x``; head or tail is corrupted with ``neg_head_prob``."""
+        pick = torch.randint(len(self.triple_head), (batch_size,), device=self.triple_head.device)
+        head, relation, tail = self.triple_head[pick], self.triple_relation[pick], self.triple_tail[pick]
+        is_attribute = tail >= self.n_items
+        value = torch.where(is_attribute, tail, torch.zeros_like(tail))
+        start, count = self.value_offsets[value], self.value_offsets[value + 1] - self.value_offsets[value]
+        member = start + (torch.rand(batch_size, device=tail.device) * count).long()
+        tail_item = torch.where(is_attribute, self.value_members[member.clamp(max=len(self.value_members) - 1)], tail)
+
+        corrupt_head = torch.rand(batch_size, device=tail.device) < self.neg_head_prob
+        negative = self._random_items((batch_size,))
+        for _ in range(_RESAMPLE_ROUNDS):  # reject corruptions that are true facts
+            fact_head = torch.where(corrupt_head | is_attribute, negative, head)
+            fact_tail = torch.where(is_attribute, value, torch.where(corrupt_head, tail, negative))
+            true_fact = self._is_fact(fact_head, relation, fact_tail)
+            if not true_fact.any():
+                break
+            negative = torch.where(true_fact, self._random_items((batch_size,)), negative)
+        neg_head = torch.where(corrupt_head, negative, head)
+        neg_tail = torch.where(corrupt_head, tail_item, negative)
+        positive = self._kg_score(head, relation, value, tail_item)
+        return -F.logsigmoid(positive - self._kg_score(neg_head, relation, value, neg_tail)).mean()
+
+    def _lrd_negatives(self, item_seq, target):
+        """A random item per history slot, resampled when it is in the row's history or target."""
+        negative = self._random_items(item_seq.shape)
+        seen = torch.cat([item_seq, target.unsqueeze(1)], dim=1)  # [B, L+1]
+        for _ in range(_RESAMPLE_ROUNDS):
+            clash = (negative.unsqueeze(-1) == seen.unsqueeze(1)).any(-1)  # [B, L]
+            if not clash.any():
+                break
+            negative = torch.where(clash, self._random_items(item_seq.shape), negative)
+        return negative
+
+    def relation_distribution(self, item_seq, target):
+        """Log of the encoder's ``q(r | history item, target)``: [B, L, R]."""
+        history = self.text_projection(self.item_text[item_seq])  # [B, L, d]
+        query = self.text_projection(self.item_text[target]).unsqueeze(1).expand_as(history)
+        return torch.log_softmax(self.relation_classifier(torch.cat([history, query], dim=-1)), dim=-1)
+
+    def lrd_loss(self, interaction):
+        """Reconstruction of each history item from the target under q-weighted relations, plus
+        ``entropy_weight`` times the mean entropy of q (minimised or maximised per ``entropy_mode``)."""
+        item_seq, target = interaction[self.ITEM_SEQ], interaction[self.POS_ITEM_ID]
+        mask = (item_seq > 0).float()  # [B, L]
+        log_q = self.relation_distribution(item_seq, target)  # [B, L, R]
+        q = log_q.exp()
+        negative = self._lrd_negatives(item_seq, target)
+        difference = self.entity_embedding(item_seq) - self.entity_embedding(negative)  # [B, L, d]
+        target_vec = self.entity_embedding(target).unsqueeze(1) + 1  # [B, 1, d]
+        delta = q * ((difference * target_vec) @ self.relation_embedding.weight.t())  # [B, L, R]
+        if self.leave_one_latent:
+            delta = delta[..., 1:]
+        likelihood = (torch.sigmoid(delta) * mask.unsqueeze(-1)).sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
+        reconstruction = -torch.log(likelihood.clamp(min=1e-12)).mean()
+        entropy = -(q * log_q).mean()
+        sign = 1.0 if self.entropy_mode == "minimize" else -1.0
+        return reconstruction + sign * self.entropy_weight * entropy
+
+    def calculate_loss(self, interaction):
+        """(BPR, kg_weight * KG, lrd_weight * LRD); RecBole sums the parts and logs each."""
+        pos_items, neg_items = interaction[self.POS_ITEM_ID], interaction[self.NEG_ITEM_ID]
+        scores = self.forward(interaction, torch.stack([pos_items, neg_items], dim=1))  # [B, 2]
+        losses = [-F.logsigmoid(scores[:, 0] - scores[:, 1]).mean()]
+        if self.kg_weight > 0:
+            losses.append(self.kg_weight * self.kg_loss(len(pos_items)))
+        if self.lrd_weight > 0:
+            losses.append(self.lrd_weight * self.lrd_loss(interaction))
+        return tuple(losses)
+
+    def predict(self, interaction):
+        return self.forward(interaction, interaction[self.ITEM_ID].unsqueeze(1)).squeeze(1)  # [B]
+
+    def full_sort_predict(self, interaction):
+        all_items = torch.arange(self.n_items, device=self.item_bias.weight.device)
+        return self.forward(interaction, all_items)  # [B, n_items]
