@@ -6,6 +6,8 @@
 ``--benchmark`` is a YAML path or the name of a packaged config (``props/benchmarks/<name>.yaml``)
 with ``dataset``, ``models`` (the first is the baseline), ``seeds``, a shared RecBole ``config`` and
 optional per-model ``model_config``; other ``--key=value`` flags override the config of every run.
+``extra_test_modes: [uni100]`` also evaluates each run's best checkpoint on the test split in those
+RecBole eval modes (one training, several test protocols; e.g. full ranking plus sampled).
 A ``models`` entry may be a variant label whose ``model_config`` names the RecBole model, e.g.
 ``TedRec-fast: {model: TedRec, adaptor_dropout_scope: item}``.
 Each run is a subprocess (so RecBole's logger, memory and crashes stay per run) whose record lands in
@@ -85,7 +87,10 @@ def run_benchmark(benchmark, models=None, seeds=None, output_dir=None, overrides
         recbole_model = model_config.pop("model", model)
         config = dict(_absolute_paths(bench["config"]), **model_config, seed=seed)
         config.setdefault("text_feature_dir", os.path.join(output_dir, "text_features"))  # built once
-        record = _run_in_subprocess(model, recbole_model, bench["dataset"], seed, config, run_dir, list(overrides))
+        record = _run_in_subprocess(
+            model, recbole_model, bench["dataset"], seed, config, run_dir, list(overrides),
+            bench.get("extra_test_modes") or [],
+        )
         print(f"[{index}/{len(plan)}] {model} seed {seed}: {record['status']} "
               f"({_short_metrics(record)})", flush=True)
         records.append(record)
@@ -102,10 +107,11 @@ def _short_metrics(record):
     return ", ".join(f"{k} {v:.4f}" for k, v in list(test.items())[:4]) + f", {record['epoch_seconds']:.1f} s/epoch"
 
 
-def _run_in_subprocess(label, model, dataset, seed, config, run_dir, overrides):
+def _run_in_subprocess(label, model, dataset, seed, config, run_dir, overrides, extra_test_modes):
     os.makedirs(run_dir, exist_ok=True)
     spec_path = os.path.join(run_dir, "spec.json")
-    spec = {"label": label, "model": model, "dataset": dataset, "config": config, "overrides": overrides}
+    spec = {"label": label, "model": model, "dataset": dataset, "config": config, "overrides": overrides,
+            "extra_test_modes": extra_test_modes}
     with open(spec_path, "w", encoding="utf-8") as f:
         json.dump(spec, f)
     with open(os.path.join(run_dir, "run.log"), "w", encoding="utf-8") as log:
@@ -192,6 +198,16 @@ def run_single(spec_path):
     test_result = trainer.evaluate(test_data, load_best_model=True, show_progress=config["show_progress"])
     eval_seconds = time.perf_counter() - start
     logger.info(f"test result: {test_result}")
+    per_user = _per_user_metrics(config, structs[-1])
+    test_modes = {}
+    for mode in spec.get("extra_test_modes") or []:  # the loaded best model, other test protocols
+        config["eval_args"]["mode"]["test"] = mode
+        config._set_eval_neg_sample_args("test")
+        init_seed(config["seed"], config["reproducibility"])
+        mode_test_data = data_preparation(config, create_dataset(config))[2]  # a built dataset can't rebuild
+        result = trainer.evaluate(mode_test_data, load_best_model=False, show_progress=config["show_progress"])
+        logger.info(f"test result ({mode}): {result}")
+        test_modes[mode] = {k: float(v) for k, v in result.items()}
 
     record = {
         "model": spec["label"],
@@ -207,9 +223,11 @@ def run_single(spec_path):
         "params": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "eval_seconds": eval_seconds,
     }
+    if test_modes:
+        record["test_modes"] = test_modes
     run_dir = os.path.dirname(os.path.abspath(spec_path))
     with open(os.path.join(run_dir, PER_USER_FILE), "w", encoding="utf-8") as f:
-        json.dump(_per_user_metrics(config, structs[-1]), f)
+        json.dump(per_user, f)
     with open(os.path.join(run_dir, RECORD_FILE), "w", encoding="utf-8") as f:
         json.dump(record, f, indent=1)
     return record
@@ -278,11 +296,36 @@ def write_summary(records, models, output_dir):
         for m in models[1:]:
             pvalues = [_paired_p_value(output_dir, by_model[m], by_model[baseline], k) for k in metrics]
             lines.append(f"| {m} | " + " | ".join("n/a" if p is None else f"{p:.2g}" for p in pvalues) + " |")
+        for mode in sorted({mode for r in ok for mode in r.get("test_modes", {})}):
+            lines += ["", f"Test in eval mode `{mode}` (the same best checkpoints):", ""]
+            lines += _mode_table(by_model, baseline, mode)
         _plot(by_model, metrics, os.path.join(output_dir, "metrics.png"))
     for r in failed:
         lines += ["", f"FAILED: {r['model']} seed {r['seed']} (see runs/{r['model']}-seed{r['seed']}/run.log)"]
     with open(os.path.join(output_dir, "summary.md"), "w", encoding="utf-8") as f:
         f.write("\n".join(lines) + "\n")
+
+
+def _mode_table(by_model, baseline, mode):
+    """mean ± std (ratio to the baseline) of the test metrics of an extra test mode."""
+    def values(runs, k):
+        return [r["test_modes"][mode][k] for r in runs if mode in r.get("test_modes", {})]
+
+    base_runs = [r for r in by_model[baseline] if mode in r.get("test_modes", {})]
+    metrics = list(base_runs[0]["test_modes"][mode]) if base_runs else []
+    base = {k: _mean_std(values(base_runs, k))[0] for k in metrics}
+    lines = ["| model | seeds | " + " | ".join(f"{mode} {k}" for k in metrics) + " |",
+             "|" + "---|" * (len(metrics) + 2)]
+    for m, runs in by_model.items():
+        n = len(values(runs, metrics[0])) if metrics else 0
+        if not n:
+            continue
+        cells = [m, str(n)]
+        for k in metrics:
+            mean, std = _mean_std(values(runs, k))
+            cells.append(f"{mean:.4f} ± {std:.4f}" + (f" ({mean / base[k]:.2f}x)" if base.get(k) else ""))
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
 
 
 def _plot(by_model, metrics, path):

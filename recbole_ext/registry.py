@@ -46,7 +46,7 @@ def props_path(model_name):
 
 
 def register_model(model_class):
-    """Make ``model_class`` visible to RecBole under its class name; idempotent."""
+    """Make ``model_class`` (and a ``<Name>Trainer`` in its module) visible to RecBole; idempotent."""
     name = model_class.__name__
     family = _FAMILIES.get(model_class.type)
     if family is None:
@@ -64,6 +64,9 @@ def register_model(model_class):
             raise FileNotFoundError(f"Cannot register {name}: no props/{name}.yaml is packaged with recbole_ext.")
         sys.modules[alias] = module
         setattr(importlib.import_module(f"recbole.model.{family}"), name.lower(), module)
+    trainer = getattr(module, f"{name}Trainer", None)
+    if trainer is not None:  # RecBole's get_trainer looks up recbole.trainer.<Model>Trainer by name
+        setattr(importlib.import_module("recbole.trainer"), f"{name}Trainer", trainer)
     if name not in _REGISTERED:
         _REGISTERED.append(name)
     _hook_config_once()

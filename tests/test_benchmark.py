@@ -26,6 +26,7 @@ def test_two_model_two_seed_smoke_benchmark(tiny_config, tmp_path, capsys):
     bench_file = tmp_path / "tiny.yaml"
     bench_file.write_text(yaml.safe_dump(
         {"dataset": "tiny", "models": ["SASRec", "TedRec-fast"], "seeds": [1, 2], "config": shared,
+         "extra_test_modes": ["uni100"],
          "model_config": {"TedRec-fast": {"model": "TedRec", "adaptor_dropout_scope": "item"}}}
     ))
     out = tmp_path / "out"
@@ -41,6 +42,8 @@ def test_two_model_two_seed_smoke_benchmark(tiny_config, tmp_path, capsys):
         assert RECORD_FIELDS <= set(record)
         assert set(record["test"]) == {"recall@10", "recall@20", "ndcg@10", "ndcg@20"}
         assert all(isinstance(v, float) for v in record["test"].values())
+        assert set(record["test_modes"]["uni100"]) == set(record["test"])  # same checkpoint, sampled test
+        assert record["test_modes"]["uni100"]["recall@10"] > record["test"]["recall@10"]
         assert record["epochs"] == 2 and record["epoch_seconds"] > 0 and record["params"] > 0
         run_dir = out / "runs" / f"{record['model']}-seed{record['seed']}"
         assert (run_dir / "run.log").stat().st_size > 0
@@ -51,6 +54,7 @@ def test_two_model_two_seed_smoke_benchmark(tiny_config, tmp_path, capsys):
     summary = (out / "summary.md").read_text()
     assert "| SASRec | 2 |" in summary and "| TedRec-fast | 2 |" in summary
     assert "ttest_rel" in summary and "x)" in summary
+    assert "Test in eval mode `uni100`" in summary and "| uni100 recall@10 |" in summary
     assert (out / "metrics.png").stat().st_size > 1000
 
     # Re-running skips finished runs; a crashing run is recorded and the rest go on.

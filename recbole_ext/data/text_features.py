@@ -67,8 +67,6 @@ def read_item_texts(item_file, item_field, text_fields, field_separator="\t"):
 
     ``text_fields: ~`` uses every ``token``/``token_seq`` field except the item id, in file order.
     """
-    import pandas as pd
-
     if not os.path.isfile(item_file):
         raise TextFeatureError(
             f"No item file '{item_file}': this model needs item text. Add a '.item' atomic file with "
@@ -85,14 +83,21 @@ def read_item_texts(item_file, item_field, text_fields, field_separator="\t"):
             f"'{item_file}' has no text field(s) {missing or fields}. Text fields there: {available}. "
             "Set `text_fields` to a list of them, e.g. `--text_fields=\"['title']\"`."
         )
+    frame = read_item_fields(item_file, item_field, fields, field_separator)
+    texts = frame[fields].apply(lambda row: " ".join(v for v in row if v), axis=1).tolist()
+    return frame[item_field].tolist(), texts, fields
+
+
+def read_item_fields(item_file, item_field, fields, field_separator="\t"):
+    """The item id and ``fields`` of an atomic ``.item`` file as stripped strings ('' when empty)."""
+    import pandas as pd
+
     frame = pd.read_csv(
         item_file, sep=field_separator, dtype=str, keep_default_na=False, quoting=csv.QUOTE_NONE,
         encoding="utf-8",
     )
     frame.columns = [c.split(":", 1)[0] for c in frame.columns]
-    parts = frame[fields].apply(lambda col: col.str.strip())
-    texts = parts.apply(lambda row: " ".join(v for v in row if v), axis=1).tolist()
-    return frame[item_field].tolist(), texts, fields
+    return frame[[item_field, *fields]].apply(lambda col: col.str.strip())
 
 
 def _pool(hidden, attention_mask, pooling):

@@ -1,8 +1,9 @@
 """Plugin models; each is a RecBole ``SequentialRecommender`` registered on ``import recbole_ext``."""
 
 from recbole_ext.model.lrd import LRD
+from recbole_ext.model.notellm import NoteLLM
 from recbole_ext.model.tedrec import TedRec
 
-MODELS = [TedRec, LRD]
+MODELS = [TedRec, LRD, NoteLLM]
 
-__all__ = ["TedRec", "LRD", "MODELS"]
+__all__ = ["TedRec", "LRD", "NoteLLM", "MODELS"]
