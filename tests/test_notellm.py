@@ -219,7 +219,12 @@ def test_scores_queries_and_history_masking(note_config):
     assert torch.allclose(predicted, scores[torch.arange(len(seq)), interaction["item_id"]], atol=1e-5)
     model.query_mode = "mean"
     recent = [F.normalize(table[seq[b, max(0, int(n) - 3): int(n)]].sum(0), dim=0) for b, n in enumerate(length)]
-    assert torch.allclose(model._queries(interaction, table), torch.stack(recent), atol=1e-5)
+    assert torch.allclose(model._queries(interaction, lambda items: table[items]), torch.stack(recent), atol=1e-5)
+    model.query_mode = "last"
+    model.train()  # training mode: predict encodes just the rows' items, nothing is cached
+    with torch.no_grad():
+        assert torch.allclose(model.predict(interaction), predicted, atol=1e-5)
+    assert model._item_cache is None
 
 
 def test_generate_tags_returns_text_per_item(note_config):

@@ -383,15 +383,25 @@ class NoteLLM(SequentialRecommender):
         self._item_cache = table
         return table
 
-    def _queries(self, interaction, table):
+    def _embed(self, items):
+        """Embeddings of ``items`` (any shape): from the cached table in eval mode; encoded directly
+        and not cached in training mode (e.g. RecBole's FLOPs probe calls ``predict`` on one row)."""
+        if not self.training:
+            return self.item_embeddings()[items]
+        unique, inverse = torch.unique(items, return_inverse=True)
+        lengths = self.prompt_lengths[unique].clamp(min=1)
+        embeddings = self._encode(self.prompt_ids[unique], lengths, lengths - 1)[0]
+        return (embeddings * (unique > 0).unsqueeze(1))[inverse]
+
+    def _queries(self, interaction, embed):
         item_seq, item_len = interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN]
         if self.query_mode == "last":
-            return table[self.gather_indexes(item_seq.unsqueeze(-1), item_len - 1).squeeze(-1)]
+            return embed(self.gather_indexes(item_seq.unsqueeze(-1), item_len - 1).squeeze(-1))
         slots = torch.arange(item_seq.size(1), device=item_seq.device)
         back = (item_len.unsqueeze(1) - 1 - slots).float()  # 0 for the last item
         recent = (back >= 0) & (back < self.query_items)
         weights = recent.float() * (self.query_decay ** back if self.query_mode == "decay" else 1.0)
-        return F.normalize((weights.unsqueeze(-1) * table[item_seq]).sum(1), dim=-1)  # [B, d]
+        return F.normalize((weights.unsqueeze(-1) * embed(item_seq)).sum(1), dim=-1)  # [B, d]
 
     def _mask_history(self, scores, item_seq, columns=None):
         if not self.mask_history:
@@ -403,13 +413,12 @@ class NoteLLM(SequentialRecommender):
 
     def full_sort_predict(self, interaction):
         table = self.item_embeddings()
-        scores = self._queries(interaction, table) @ table.t()  # [B, n_items]
+        scores = self._queries(interaction, lambda items: table[items]) @ table.t()  # [B, n_items]
         return self._mask_history(scores, interaction[self.ITEM_SEQ])
 
     def predict(self, interaction):
-        table = self.item_embeddings()
         items = interaction[self.ITEM_ID]
-        scores = (self._queries(interaction, table) * table[items]).sum(-1)  # [B]
+        scores = (self._queries(interaction, self._embed) * self._embed(items)).sum(-1)  # [B]
         return self._mask_history(scores, interaction[self.ITEM_SEQ], items)
 
     # ----- what CSFT learned --------------------------------------------------------------
