@@ -188,8 +188,13 @@ def test_training_step_lowers_the_loss_and_uses_both_tasks(note_config):
 def test_item_cache_is_reused_and_invalidated(note_config):
     _, model, train, valid = _build(note_config)
     model.eval()
+    model.predict(next(iter(valid))[0][:1])  # a sampled-eval row encodes only the items it needs
+    assert 0 < int(model._item_cache[1].sum()) <= model.max_seq_length + 1
     table = model.item_embeddings()
-    assert model.item_embeddings() is table
+    assert bool(model._item_cache[1].all())
+    model._encode_items = None  # everything is cached now: no further encoding
+    assert torch.equal(model.item_embeddings(), table)
+    del model._encode_items
     model.train()
     assert model._item_cache is None
     model.calculate_loss(next(iter(train)))

@@ -25,8 +25,8 @@ target) (``pair_source: consecutive``); ``window`` draws the anchor among the la
 items within ``cooc_max_gap`` seconds; ``mined`` uses the paper's co-occurrence score
 ``s(A->B) = sum_u 1[A then B] / N_u`` over the training split, filtered to ``[cooc_lower,
 cooc_upper]`` and the top ``cooc_topt`` per anchor, sampling the positive in proportion to ``s``.
-Serving: item embeddings are computed once per evaluation (cached; dropped by ``train()`` and by
-``load_state_dict``), a user is queried by the embedding of their last item (faithful I2I;
+Serving: each item is embedded once per evaluation (cached; dropped by ``train()`` and by
+``load_state_dict``; sampled evaluation and RecBole's one-row FLOPs probe encode only the items they need), a user is queried by the embedding of their last item (faithful I2I;
 ``query_mode: mean|decay`` are options) and, by default, items of the history are masked.
 
 Deviations: English prompt; default LLM SmolLM2-135M-Instruct (the paper fine-tunes LLaMA-2-7B);
@@ -361,7 +361,7 @@ class NoteLLM(SequentialRecommender):
         return contrastive / (1 + self.alpha), self.alpha * generation_loss / (1 + self.alpha)
 
     def train(self, mode=True):
-        self._item_cache = None  # weights change in training; rebuilt at the next evaluation
+        self._item_cache = None  # weights change in training; re-encoded at the next evaluation
         return super().train(mode)
 
     def load_state_dict(self, state_dict, strict=True, **kwargs):
@@ -369,29 +369,36 @@ class NoteLLM(SequentialRecommender):
         return super().load_state_dict(state_dict, strict=strict, **kwargs)
 
     @torch.no_grad()
-    def item_embeddings(self):
-        """Normalised embeddings of all items from their eval prompts: [n_items, d], row 0 zeros.
-        Computed once per evaluation, longest prompts first (less padding), in chunks."""
-        if self._item_cache is not None:
-            return self._item_cache
-        order = torch.argsort(self.prompt_lengths[1:], descending=True) + 1
-        table = torch.zeros(self.n_items, self.embedding_size, device=self.prompt_ids.device)
+    def _encode_items(self, items):
+        """Normalised embeddings of distinct ``items`` from their eval prompts, longest prompts first
+        (less padding), ``eval_item_batch_size`` at a time: [len(items), d]."""
+        order = torch.argsort(self.prompt_lengths[items], descending=True)
+        embeddings = torch.zeros(len(items), self.embedding_size, device=self.prompt_ids.device)
         chunks = order.split(self.eval_item_batch_size)
-        for chunk in tqdm(chunks, desc="NoteLLM item embeddings", disable=not self.show_progress):
-            lengths = self.prompt_lengths[chunk]
-            table[chunk] = self._encode(self.prompt_ids[chunk], lengths, lengths - 1)[0]
-        self._item_cache = table
-        return table
+        for chunk in tqdm(chunks, desc="NoteLLM item embeddings", disable=not self.show_progress or len(chunks) < 2):
+            lengths = self.prompt_lengths[items[chunk]].clamp(min=1)
+            embeddings[chunk] = self._encode(self.prompt_ids[items[chunk]], lengths, lengths - 1)[0]
+        return embeddings * (items > 0).unsqueeze(1)  # PAD row 0 stays zero
 
     def _embed(self, items):
-        """Embeddings of ``items`` (any shape): from the cached table in eval mode; encoded directly
-        and not cached in training mode (e.g. RecBole's FLOPs probe calls ``predict`` on one row)."""
-        if not self.training:
-            return self.item_embeddings()[items]
-        unique, inverse = torch.unique(items, return_inverse=True)
-        lengths = self.prompt_lengths[unique].clamp(min=1)
-        embeddings = self._encode(self.prompt_ids[unique], lengths, lengths - 1)[0]
-        return (embeddings * (unique > 0).unsqueeze(1))[inverse]
+        """Embeddings of ``items`` (any shape). In eval mode each item is encoded once and cached until
+        the weights can change (``train()``, ``load_state_dict``); in training mode nothing is cached."""
+        if self.training:
+            unique, inverse = torch.unique(items, return_inverse=True)
+            return self._encode_items(unique)[inverse]
+        if self._item_cache is None:
+            table = torch.zeros(self.n_items, self.embedding_size, device=self.prompt_ids.device)
+            self._item_cache = (table, torch.zeros(self.n_items, dtype=torch.bool, device=table.device))
+        table, cached = self._item_cache
+        missing = torch.unique(items[~cached[items]])
+        if len(missing):
+            table[missing] = self._encode_items(missing)
+            cached[missing] = True
+        return table[items]
+
+    def item_embeddings(self):
+        """Normalised embeddings of all items: [n_items, d], row 0 zeros (cached in eval mode)."""
+        return self._embed(torch.arange(self.n_items, device=self.prompt_ids.device))
 
     def _queries(self, interaction, embed):
         item_seq, item_len = interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN]
@@ -413,7 +420,7 @@ class NoteLLM(SequentialRecommender):
 
     def full_sort_predict(self, interaction):
         table = self.item_embeddings()
-        scores = self._queries(interaction, lambda items: table[items]) @ table.t()  # [B, n_items]
+        scores = self._queries(interaction, self._embed) @ table.t()  # [B, n_items]
         return self._mask_history(scores, interaction[self.ITEM_SEQ])
 
     def predict(self, interaction):
