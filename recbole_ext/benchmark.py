@@ -170,6 +170,8 @@ def run_single(spec_path):
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
     model = get_model(config["model"])(config, train_data._dataset).to(config["device"])
     logger.info(model)
+    probe = getattr(model, "benchmark_probe", None)  # model-specific numbers, before and after training
+    probe_before = probe() if probe else None
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
 
     epoch_seconds, saved_epochs, structs = [], [], []
@@ -225,6 +227,8 @@ def run_single(spec_path):
     }
     if test_modes:
         record["test_modes"] = test_modes
+    if probe:
+        record["probe"] = {"before": probe_before, "after": probe()}
     run_dir = os.path.dirname(os.path.abspath(spec_path))
     with open(os.path.join(run_dir, PER_USER_FILE), "w", encoding="utf-8") as f:
         json.dump(per_user, f)
@@ -296,6 +300,7 @@ def write_summary(records, models, output_dir):
         for m in models[1:]:
             pvalues = [_paired_p_value(output_dir, by_model[m], by_model[baseline], k) for k in metrics]
             lines.append(f"| {m} | " + " | ".join("n/a" if p is None else f"{p:.2g}" for p in pvalues) + " |")
+        lines += _probe_table(by_model)
         for mode in sorted({mode for r in ok for mode in r.get("test_modes", {})}):
             lines += ["", f"Test in eval mode `{mode}` (the same best checkpoints):", ""]
             lines += _mode_table(by_model, baseline, mode)
@@ -304,6 +309,21 @@ def write_summary(records, models, output_dir):
         lines += ["", f"FAILED: {r['model']} seed {r['seed']} (see runs/{r['model']}-seed{r['seed']}/run.log)"]
     with open(os.path.join(output_dir, "summary.md"), "w", encoding="utf-8") as f:
         f.write("\n".join(lines) + "\n")
+
+
+def _probe_table(by_model):
+    """Models' own benchmark probes (``benchmark_probe()``), mean over seeds, before -> after training."""
+    rows = []
+    for m, runs in by_model.items():
+        probed = [r["probe"] for r in runs if r.get("probe")]
+        for key in (probed[0]["after"] if probed else {}):
+            before = statistics.mean(p["before"][key] for p in probed)
+            after = statistics.mean(p["after"][key] for p in probed)
+            rows.append(f"| {m} | {key} | {before:.4g} | {after:.4g} |")
+    if not rows:
+        return []
+    return ["", "Model probes (mean over seeds):", "", "| model | probe | before training | after training |",
+            "|---|---|---|---|", *rows]
 
 
 def _mode_table(by_model, baseline, mode):

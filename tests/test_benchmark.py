@@ -15,8 +15,11 @@ def test_packaged_benchmarks_load():
     bench = load_benchmark("ml-100k")
     assert bench["models"][0] == "SASRec" and "TedRec" in bench["models"] and len(bench["seeds"]) >= 3
     assert bench["config"]["valid_metric"] == "NDCG@10"
-    for name in ("ml-1m", "unisrec-downstream"):
+    for name in ("ml-1m", "unisrec-downstream", "notellm-ml-100k"):
         assert load_benchmark(name)["config"]["topk"] == [10, 20]
+    lrd = load_benchmark("lrd-ml-100k")
+    assert lrd["models"] == ["SASRec", "RCF", "RCF+LRD", "KDA", "KDA+LRD"] and lrd["extra_test_modes"] == ["uni100"]
+    assert {lrd["model_config"][m]["model"] for m in lrd["models"][1:]} == {"LRD"}
 
 
 def test_two_model_two_seed_smoke_benchmark(tiny_config, tmp_path, capsys):
@@ -66,3 +69,18 @@ def test_two_model_two_seed_smoke_benchmark(tiny_config, tmp_path, capsys):
     assert "Unknown model 'Nope'" in records[2]["error"]
     assert "FAILED: Nope seed 1" in (out / "summary.md").read_text()
     assert os.path.isfile(out / "runs" / "Nope-seed1" / "run.log")
+
+
+def test_summary_lists_model_probes(tmp_path):
+    from recbole_ext.benchmark import write_summary
+
+    def record(model, seed, accuracy):
+        return {"model": model, "seed": seed, "status": "ok", "test": {"ndcg@10": 0.1}, "epoch_seconds": 1.0,
+                "epochs": 1, "params": 1, "probe": {"before": {"category_accuracy": 0.0},
+                                                    "after": {"category_accuracy": accuracy}}}
+
+    records = [record("NoteLLM", 1, 0.5), record("NoteLLM", 2, 0.7)]
+    for r in records:  # per-user files are only needed for the t-test against another model
+        os.makedirs(tmp_path / "runs" / f"NoteLLM-seed{r['seed']}")
+    write_summary(records, ["NoteLLM"], str(tmp_path))
+    assert "| NoteLLM | category_accuracy | 0 | 0.6 |" in (tmp_path / "summary.md").read_text()

@@ -292,3 +292,31 @@ def test_real_smollm2_embeds_items(note_config):
                           model.prompt_lengths[items].flip(0) - 1)[0].flip(0)
     assert first.shape == (4, 64) and torch.allclose(first.norm(dim=-1), torch.ones(4), atol=1e-5)
     assert torch.allclose(first, again, atol=1e-4)  # padding and batch order do not change an embedding
+
+
+def test_frozen_encoder_baseline_ranks_by_cosine_to_the_last_item(tiny_config):
+    config = dict(tiny_config, plm_size=None)
+    result = run_recbole(model="FrozenTextI2I", dataset="tiny", config_dict=config)
+    assert 0 <= result["test_result"]["ndcg@10"] <= 1
+    config = Config(model="FrozenTextI2I", dataset="tiny", config_dict=config)
+    init_seed(config["seed"], True)
+    train, valid, _ = data_preparation(config, create_dataset(config))
+    model = get_model("FrozenTextI2I")(config, train._dataset)
+    assert [n for n, p in model.named_parameters() if p.requires_grad] == ["tau"]
+    interaction = next(iter(valid))[0]
+    seq, length = interaction["item_id_list"], interaction["item_length"]
+    vectors = model.item_vectors
+    expected = vectors[seq[torch.arange(len(seq)), length - 1]] @ vectors.t()
+    history = torch.zeros_like(expected, dtype=torch.bool).scatter(1, seq, True)
+    scores = model.full_sort_predict(interaction)
+    assert torch.allclose(scores[~history], expected[~history], atol=1e-6)
+    assert (scores[history] == torch.finfo(scores.dtype).min).all()
+
+
+def test_benchmark_probe_reports_category_accuracy_and_speed(note_config):
+    _, model, _, _ = _build(note_config, probe_items=5)
+    model.train()
+    probe = model.benchmark_probe()
+    assert set(probe) == {"category_accuracy", "items_embedded_per_second"}
+    assert 0 <= probe["category_accuracy"] <= 1 and probe["items_embedded_per_second"] > 0
+    assert model.training  # the probe restores the mode it found

@@ -1,9 +1,10 @@
 """Plugin models; each is a RecBole ``SequentialRecommender`` registered on ``import recbole_ext``."""
 
+from recbole_ext.model.frozen_text_i2i import FrozenTextI2I
 from recbole_ext.model.lrd import LRD
 from recbole_ext.model.notellm import NoteLLM
 from recbole_ext.model.tedrec import TedRec
 
-MODELS = [TedRec, LRD, NoteLLM]
+MODELS = [TedRec, LRD, NoteLLM, FrozenTextI2I]
 
-__all__ = ["TedRec", "LRD", "NoteLLM", "MODELS"]
+__all__ = ["TedRec", "LRD", "NoteLLM", "FrozenTextI2I", "MODELS"]

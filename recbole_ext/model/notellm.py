@@ -36,6 +36,7 @@ release decade and the hashtags are the genres (the spec's mapping); the logit s
 """
 
 import os
+import time
 from logging import getLogger
 
 import torch
@@ -47,12 +48,12 @@ from tqdm import tqdm
 
 from recbole_ext.data.text_features import TextFeatureError, read_item_fields
 from recbole_ext.model.contrastive import symmetric_info_nce
+from recbole_ext.model.i2i import ItemToItemServing
 from recbole_ext.model.llm import add_special_tokens, load_causal_lm
 from recbole_ext.trainer import BudgetTrainer
 
 EMB_TOKEN = "[EMB]"
 PAIR_SOURCES = ("consecutive", "window", "mined")
-QUERY_MODES = ("last", "mean", "decay")
 CATEGORY_TRANSFORMS = ("none", "decade")
 IGNORE = -100
 
@@ -67,7 +68,7 @@ class NoteLLMTrainer(BudgetTrainer):
     """RecBole's Trainer with ``train_batches_per_epoch`` (one pass of an LLM over all rows is long)."""
 
 
-class NoteLLM(SequentialRecommender):
+class NoteLLM(ItemToItemServing, SequentialRecommender):
     input_type = InputType.POINTWISE
 
     def __init__(self, config, dataset):
@@ -79,11 +80,9 @@ class NoteLLM(SequentialRecommender):
         self.pair_source = config["pair_source"]
         self.cooc_window = config["cooc_window"]
         self.cooc_max_gap = config["cooc_max_gap"]
-        self.query_mode = config["query_mode"]
-        self.query_items = config["query_items"]
-        self.query_decay = config["query_decay"]
-        self.mask_history = config["mask_history"]
+        self._init_serving(config)
         self.eval_item_batch_size = config["eval_item_batch_size"]
+        self.probe_items = config["probe_items"]
         self.show_progress = config["show_progress"]
         self.use_bf16 = config["llm_bf16"] and config["device"].type == "cuda"
         self.TIME_LIST = config["TIME_FIELD"] + config["LIST_SUFFIX"]
@@ -108,14 +107,14 @@ class NoteLLM(SequentialRecommender):
         self._item_cache = None
 
     def _check_config(self, config):
-        choices = {"pair_source": PAIR_SOURCES, "query_mode": QUERY_MODES,
+        choices = {"pair_source": PAIR_SOURCES,
                    "category_transform": CATEGORY_TRANSFORMS, "finetune": ("full", "lora")}
         for key, allowed in choices.items():
             if config[key] not in allowed:
                 raise ValueError(f"{key} must be one of {allowed}, got {config[key]!r}.")
         if not 0 <= self.hashtag_ratio <= 1 or self.alpha < 0:
             raise ValueError("hashtag_ratio must lie in [0, 1] and alpha be >= 0.")
-        for key in ("embedding_size", "eval_item_batch_size", "cooc_window", "query_items", "cooc_topt"):
+        for key in ("embedding_size", "eval_item_batch_size", "cooc_window", "cooc_topt"):
             if not isinstance(config[key], int) or config[key] < 1:
                 raise ValueError(f"{key} must be a positive integer, got {config[key]!r}.")
         if config["train_neg_sample_args"]["distribution"] != "none":
@@ -400,34 +399,6 @@ class NoteLLM(SequentialRecommender):
         """Normalised embeddings of all items: [n_items, d], row 0 zeros (cached in eval mode)."""
         return self._embed(torch.arange(self.n_items, device=self.prompt_ids.device))
 
-    def _queries(self, interaction, embed):
-        item_seq, item_len = interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN]
-        if self.query_mode == "last":
-            return embed(self.gather_indexes(item_seq.unsqueeze(-1), item_len - 1).squeeze(-1))
-        slots = torch.arange(item_seq.size(1), device=item_seq.device)
-        back = (item_len.unsqueeze(1) - 1 - slots).float()  # 0 for the last item
-        recent = (back >= 0) & (back < self.query_items)
-        weights = recent.float() * (self.query_decay ** back if self.query_mode == "decay" else 1.0)
-        return F.normalize((weights.unsqueeze(-1) * embed(item_seq)).sum(1), dim=-1)  # [B, d]
-
-    def _mask_history(self, scores, item_seq, columns=None):
-        if not self.mask_history:
-            return scores
-        if columns is None:  # full ranking: blank every history item's column
-            return scores.scatter(1, item_seq, torch.finfo(scores.dtype).min)
-        seen = (item_seq == columns.unsqueeze(1)).any(1) & (columns > 0)
-        return scores.masked_fill(seen, torch.finfo(scores.dtype).min)
-
-    def full_sort_predict(self, interaction):
-        table = self.item_embeddings()
-        scores = self._queries(interaction, self._embed) @ table.t()  # [B, n_items]
-        return self._mask_history(scores, interaction[self.ITEM_SEQ])
-
-    def predict(self, interaction):
-        items = interaction[self.ITEM_ID]
-        scores = (self._queries(interaction, self._embed) * self._embed(items)).sum(-1)  # [B]
-        return self._mask_history(scores, interaction[self.ITEM_SEQ], items)
-
     # ----- what CSFT learned --------------------------------------------------------------
     @torch.no_grad()
     def generate_tags(self, item_ids, task="hashtag", max_new_tokens=8):
@@ -457,4 +428,17 @@ class NoteLLM(SequentialRecommender):
         hits = sum(g.startswith(self.notes[i]["category"]) for g, i in zip(generated, items))
         getLogger().info(f"category accuracy {hits}/{len(items)}")
         return hits / len(items)
+
+    def benchmark_probe(self):
+        """What the benchmark reports beside the metrics, on the first ``probe_items`` items: CSFT's
+        category accuracy and the items embedded per second (eval prompts, one pass)."""
+        was_training = self.training
+        self.eval()
+        items = torch.arange(1, min(self.n_items, self.probe_items + 1), device=self.prompt_ids.device)
+        start = time.perf_counter()
+        self._encode_items(items)
+        per_second = len(items) / (time.perf_counter() - start)
+        accuracy = self.category_accuracy(items)
+        self.train(was_training)
+        return {"category_accuracy": accuracy, "items_embedded_per_second": per_second}
 
