@@ -22,7 +22,7 @@ def lrd_config(tiny_config):
     config.update(
         embedding_size=16, n_heads=2, n_layers=2, plm_size=None,
         kg_relations=[DIRECTED_BY, SEQUEL], attribute_fields=["class"],
-        n_latent_relations=3, learning_rate=0.003, train_batch_size=256, eval_candidate_chunk=64,
+        n_latent_relations=3, learning_rate=0.003, train_batch_size=256, eval_chunk_pairs=256,
     )
     return config
 
@@ -91,7 +91,7 @@ def test_scores_shapes_chunking_and_predict_matches_full_sort(lrd_config):
     with torch.no_grad():
         full = model.full_sort_predict(interaction)
         assert full.shape == (len(interaction), model.n_items)
-        model.eval_candidate_chunk = 1000
+        model.eval_chunk_pairs = 100000
         assert torch.allclose(model.full_sort_predict(interaction), full, atol=1e-5)
         candidates = torch.randint(1, model.n_items, (len(interaction),))
         interaction.update(type(interaction)({"item_id": candidates}))
@@ -238,7 +238,7 @@ def test_missing_kg_files_name_what_to_add(lrd_config, tmp_path):
         ({"backbone": "sasrec"}, ValueError, "backbone must be one of"),
         ({"n_heads": 3}, ValueError, "divisible by n_heads"),
         ({"entropy_mode": "max"}, ValueError, "entropy_mode"),
-        ({"eval_candidate_chunk": 0}, ValueError, "eval_candidate_chunk"),
+        ({"eval_chunk_pairs": 0}, ValueError, "eval_chunk_pairs"),
         ({"train_neg_sample_args": None, "loss_type": "CE"}, ValueError, "BPR against sampled negatives"),
         ({"text_encoder": "/nonexistent/encoder", "plm_suffix": "feat1Missing"}, TextFeatureError, "encoder"),
     ],

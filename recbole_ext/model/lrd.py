@@ -101,7 +101,8 @@ class LRD(SequentialRecommender):
         self.leave_one_latent = config["leave_one_latent"]
         self.entropy_weight = config["entropy_weight"]
         self.entropy_mode = config["entropy_mode"]
-        self.eval_candidate_chunk = config["eval_candidate_chunk"]
+        self.eval_chunk_pairs = config["eval_chunk_pairs"]
+        self.eval_bf16 = config["eval_bf16"]
         self.TIME = config["TIME_FIELD"]
         self.TIME_LIST = self.TIME + config["LIST_SUFFIX"]  # RecBole's sequential data always has times
         self._check_config(config)
@@ -139,7 +140,7 @@ class LRD(SequentialRecommender):
             raise ValueError(f"entropy_mode must be one of {ENTROPY_MODES}, got {self.entropy_mode!r}.")
         if self.embedding_size % self.n_heads:
             raise ValueError(f"embedding_size ({self.embedding_size}) must be divisible by n_heads ({self.n_heads}).")
-        for key in ("n_layers", "eval_candidate_chunk", "n_freq"):
+        for key in ("n_layers", "eval_chunk_pairs", "n_freq"):
             if not isinstance(config[key], int) or config[key] < 1:
                 raise ValueError(f"{key} must be a positive integer, got {config[key]!r}.")
         for key in ("lrd_weight", "entropy_weight", "n_latent_relations"):
@@ -224,21 +225,23 @@ class LRD(SequentialRecommender):
         context = torch.einsum("bclr,bld->bcrd", attention, history)  # [B, C, R, d]
         batch, n_candidates = context.shape[:2]
         tokens = context.reshape(batch * n_candidates, self.n_relations, -1)
-        for _ in range(self.n_layers):
-            tokens = self.relation_layer(tokens)
+        with torch.autocast(tokens.device.type, dtype=torch.bfloat16, enabled=self.eval_bf16 and not self.training):
+            for _ in range(self.n_layers):
+                tokens = self.relation_layer(tokens)
+        tokens = tokens.float()
         pooled = tokens.mean(dim=1).view(batch, n_candidates, -1)  # [B, C, d]
         return ((user.unsqueeze(1) + pooled) * item).sum(-1) + self.item_bias(candidates).squeeze(-1)
 
     def forward(self, interaction, candidates):
-        """Scores of ``candidates`` ([B, C], or [C] for every row), computed ``eval_candidate_chunk``
-        candidates at a time: [B, C]."""
+        """Scores of ``candidates`` ([B, C], or [C] for every row): [B, C]. Computed in blocks of about
+        ``eval_chunk_pairs`` (row, candidate) pairs, so memory stays flat for any batch size."""
         item_seq = interaction[self.ITEM_SEQ]
         mask = item_seq > 0  # [B, L]
         user = self.user_embedding(interaction[self.USER_ID])
         history = self.entity_embedding(item_seq)  # [B, L, d]
         decay = self._time_decay(interaction, mask) if self.backbone == "kda" else None
         values = self._item_values() if self.include_value else None
-        chunks = candidates.split(self.eval_candidate_chunk, dim=-1)
+        chunks = candidates.split(max(1, self.eval_chunk_pairs // len(item_seq)), dim=-1)
         return torch.cat([self._score_chunk(user, history, mask, decay, values, c) for c in chunks], dim=-1)
 
     # ----- losses -------------------------------------------------------------------------
