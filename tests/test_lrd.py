@@ -93,6 +93,9 @@ def test_scores_shapes_chunking_and_predict_matches_full_sort(lrd_config):
         assert full.shape == (len(interaction), model.n_items)
         model.eval_chunk_pairs = 100000
         assert torch.allclose(model.full_sort_predict(interaction), full, atol=1e-5)
+        model.eval_bf16 = True  # bf16 relation layers: close to, not equal to, the float32 scores
+        assert torch.allclose(model.full_sort_predict(interaction), full, atol=0.05)
+        model.eval_bf16 = False
         candidates = torch.randint(1, model.n_items, (len(interaction),))
         interaction.update(type(interaction)({"item_id": candidates}))
         predicted = model.predict(interaction)
