@@ -222,6 +222,12 @@ def test_run_recbole_trains_evaluates_and_round_trips(lrd_config, mode):
     assert again["ndcg@10"] == pytest.approx(result["test_result"]["ndcg@10"], abs=1e-6)
 
 
+def test_item_item_relations_alone(lrd_config):
+    _, _, model, train, _ = _build(lrd_config, kg_relations=[SEQUEL], attribute_fields=[])
+    assert model.relation_names[:2] == ["virtual", SEQUEL] and model.n_attributes == 0
+    assert all(torch.isfinite(loss) for loss in model.calculate_loss(next(iter(train))))
+
+
 def test_missing_kg_files_name_what_to_add(lrd_config, tmp_path):
     from tests.conftest import write_tiny_dataset
 

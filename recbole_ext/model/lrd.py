@@ -262,9 +262,11 @@ class LRD(SequentialRecommender):
         head, relation, tail = self.triple_head[pick], self.triple_relation[pick], self.triple_tail[pick]
         is_attribute = tail >= self.n_items
         value = torch.where(is_attribute, tail, torch.zeros_like(tail))
-        start, count = self.value_offsets[value], self.value_offsets[value + 1] - self.value_offsets[value]
-        member = start + (torch.rand(batch_size, device=tail.device) * count).long()
-        tail_item = torch.where(is_attribute, self.value_members[member.clamp(max=len(self.value_members) - 1)], tail)
+        tail_item = tail
+        if self.n_attributes:
+            start, count = self.value_offsets[value], self.value_offsets[value + 1] - self.value_offsets[value]
+            member = start + (torch.rand(batch_size, device=tail.device) * count).long()
+            tail_item = torch.where(is_attribute, self.value_members[member.clamp(max=len(self.value_members) - 1)], tail)
 
         corrupt_head = torch.rand(batch_size, device=tail.device) < self.neg_head_prob
         negative = self._random_items((batch_size,))
