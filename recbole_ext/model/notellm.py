@@ -130,7 +130,7 @@ class NoteLLM(ItemToItemServing, SequentialRecommender):
             target_modules=list(config["lora_target_modules"]), task_type="CAUSAL_LM",
         )
         self.llm = get_peft_model(self.llm, lora)
-        self.llm.get_input_embeddings().weight.requires_grad_(True)  # the new [EMB] row must learn
+        self.llm.get_input_embeddings().weight.requires_grad_(True)  # so the new [EMB] row can learn
 
     # ----- notes and prompts --------------------------------------------------------------
     def _read_notes(self, config, dataset):
