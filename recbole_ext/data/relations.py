@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from recbole_ext.data.text_features import read_atomic_header
+
 AUTO = "auto"
 
 
@@ -111,8 +113,7 @@ def _field_pairs(config, dataset, fields, item_tokens):
             "set `attribute_fields: []` and use `kg_relations`."
         )
     sep, seq_sep = config["field_separator"], config["seq_separator"] or " "
-    with open(item_file, encoding="utf-8") as f:
-        types = dict(c.split(":", 1) for c in f.readline().rstrip("\n").split(sep))
+    types = read_atomic_header(item_file, sep)
     bad = [f for f in fields if types.get(f) not in ("token", "token_seq")]
     if bad:
         usable = [f for f, t in types.items() if t in ("token", "token_seq") and f != config["ITEM_ID_FIELD"]]

@@ -56,7 +56,8 @@ def resolve_encoder_path(name_or_path):
     )
 
 
-def _read_atomic_header(path, field_separator):
+def read_atomic_header(path, field_separator):
+    """{field: type} from the header line of an atomic file."""
     with open(path, encoding="utf-8") as f:
         header = f.readline().rstrip("\n").split(field_separator)
     return dict(column.split(":", 1) for column in header)
@@ -72,7 +73,7 @@ def read_item_texts(item_file, item_field, text_fields, field_separator="\t"):
             f"No item file '{item_file}': this model needs item text. Add a '.item' atomic file with "
             "text fields (e.g. `item_id:token  title:token_seq`) or provide the feature file itself."
         )
-    field_types = _read_atomic_header(item_file, field_separator)
+    field_types = read_atomic_header(item_file, field_separator)
     if item_field not in field_types:
         raise TextFeatureError(f"'{item_file}' has no '{item_field}' column (ITEM_ID_FIELD).")
     available = [f for f, t in field_types.items() if f != item_field and t in _TEXT_TYPES]

@@ -46,7 +46,7 @@ from recbole.utils import InputType
 from torch import nn
 from tqdm import tqdm
 
-from recbole_ext.data.text_features import TextFeatureError, read_item_fields
+from recbole_ext.data.text_features import TextFeatureError, read_atomic_header, read_item_fields
 from recbole_ext.model.contrastive import symmetric_info_nce
 from recbole_ext.model.i2i import ItemToItemServing
 from recbole_ext.model.llm import add_special_tokens, load_causal_lm
@@ -142,8 +142,7 @@ class NoteLLM(ItemToItemServing, SequentialRecommender):
                 f"NoteLLM needs item text but '{item_file}' is missing. Add a '.item' file with a title "
                 "field (and optionally hashtag/content/category fields) and name them in `title_field` etc."
             )
-        with open(item_file, encoding="utf-8") as f:
-            header = [c.split(":", 1)[0] for c in f.readline().rstrip("\n").split(config["field_separator"])]
+        header = list(read_atomic_header(item_file, config["field_separator"]))
         wanted = [f for f in fields.values() if f]
         missing = [f for f in wanted if f not in header]
         if not fields["title"] or missing:
