@@ -76,8 +76,7 @@ class RelationSelfAttentionLayer(nn.Module):
         n, n_tokens, hidden = tokens.shape
         qkv = self.qkv(tokens).view(n, n_tokens, 3, self.n_heads, hidden // self.n_heads)
         query, key, value = qkv.permute(2, 0, 3, 1, 4)  # each [N, heads, R, d_head]
-        weights = (query @ key.transpose(-1, -2) * query.size(-1) ** -0.5).softmax(dim=-1)  # [N, heads, R, R]
-        attended = weights @ value
+        attended = F.scaled_dot_product_attention(query, key, value)  # softmax(q k^T / sqrt(d_head)) v
         attended = attended.transpose(1, 2).reshape(n, n_tokens, hidden)
         return self.layer_norm(tokens + self.dropout(self.ffn_out(torch.relu(self.ffn_in(attended)))))
 
