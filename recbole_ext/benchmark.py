@@ -1,7 +1,7 @@
 """Benchmark harness: every model x seed under one protocol, through RecBole's trainer and evaluator.
 
     python run_recbole_ext.py --benchmark=ml-100k [--models=SASRec,TedRec] [--seeds=2020,2021]
-                              [--output_dir=benchmarks/runs/ml-100k] [--key=value ...]
+                              [--output_dir=benchmarks/runs/ml-100k] [--summary_only] [--key=value ...]
 
 ``--benchmark`` is a YAML path or the name of a packaged config (``props/benchmarks/<name>.yaml``)
 with ``dataset``, ``models`` (the first is the baseline), ``seeds``, a shared RecBole ``config`` and
@@ -11,7 +11,8 @@ RecBole eval modes (one training, several test protocols; e.g. full ranking plus
 A ``models`` entry may be a variant label whose ``model_config`` names the RecBole model, e.g.
 ``TedRec-fast: {model: TedRec, adaptor_dropout_scope: item}``.
 Each run is a subprocess (so RecBole's logger, memory and crashes stay per run) whose record lands in
-``<output_dir>/runs/<model>-seed<seed>/record.json``; a re-run skips finished runs. The output folder
+``<output_dir>/runs/<model>-seed<seed>/record.json``; a re-run skips finished runs, and
+``--summary_only`` rewrites the outputs from the finished runs without starting any. The output folder
 gets ``results.json`` (one record per run), ``summary.md`` (mean ± std over seeds, ratios to the
 baseline, paired t-tests on per-user test metrics) and ``metrics.png``.
 """
@@ -60,8 +61,10 @@ def _absolute_paths(config):
     return config
 
 
-def run_benchmark(benchmark, models=None, seeds=None, output_dir=None, overrides=(), dataset=None):
-    """Run (or resume) every model x seed; write results.json, summary.md and metrics.png."""
+def run_benchmark(benchmark, models=None, seeds=None, output_dir=None, overrides=(), dataset=None,
+                  summary_only=False):
+    """Run (or resume) every model x seed; write results.json, summary.md and metrics.png.
+    ``summary_only``: only collect the runs that finished before (nothing is trained)."""
     bench = load_benchmark(benchmark)
     bench["dataset"] = dataset or bench["dataset"]
     models = models or bench["models"]
@@ -82,6 +85,9 @@ def run_benchmark(benchmark, models=None, seeds=None, output_dir=None, overrides
                 print(f"[{index}/{len(plan)}] {model} seed {seed}: done before, skipped", flush=True)
                 records.append(record)
                 continue
+        if summary_only:
+            print(f"[{index}/{len(plan)}] {model} seed {seed}: not finished, left out", flush=True)
+            continue
         print(f"[{index}/{len(plan)}] {model} seed {seed}: running (log: {run_dir}/run.log)", flush=True)
         model_config = dict(bench["model_config"].get(model) or {})
         recbole_model = model_config.pop("model", model)
@@ -380,10 +386,13 @@ def main(argv=None):
     parser.add_argument("--seeds", type=str, default=None, help="comma-separated seeds")
     parser.add_argument("--output_dir", type=str, default=None)
     parser.add_argument("--dataset", "-d", type=str, default=None, help="overrides the config's dataset")
+    parser.add_argument("--summary_only", action="store_true",
+                        help="rewrite results.json/summary.md/metrics.png from finished runs; train nothing")
     args, rest = parser.parse_known_args(argv)
     overrides = [a for a in rest if a.startswith("--") and "=" in a]
     return run_benchmark(
-        args.benchmark, _csv(args.models), _csv(args.seeds, int), args.output_dir, overrides, args.dataset
+        args.benchmark, _csv(args.models), _csv(args.seeds, int), args.output_dir, overrides, args.dataset,
+        args.summary_only,
     )
 
 

@@ -70,6 +70,15 @@ def test_two_model_two_seed_smoke_benchmark(tiny_config, tmp_path, capsys):
     assert "FAILED: Nope seed 1" in (out / "summary.md").read_text()
     assert os.path.isfile(out / "runs" / "Nope-seed1" / "run.log")
 
+    # --summary_only collects finished runs and starts none (the failed one is left out, not retried).
+    records = main([f"--benchmark={bench_file}", f"--output_dir={out}", "--models=SASRec,Nope", "--seeds=1,3",
+                    "--summary_only"])
+    printed = capsys.readouterr().out
+    assert [(r["model"], r["seed"]) for r in records] == [("SASRec", 1)]
+    assert printed.count("not finished, left out") == 3 and "running" not in printed
+    assert not os.path.exists(out / "runs" / "SASRec-seed3")
+    assert "| SASRec | 1 |" in (out / "summary.md").read_text()
+
 
 def test_summary_lists_model_probes(tmp_path):
     from recbole_ext.benchmark import write_summary
