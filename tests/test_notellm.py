@@ -317,6 +317,9 @@ def test_benchmark_probe_reports_category_accuracy_and_speed(note_config):
     _, model, _, _ = _build(note_config, probe_items=5)
     model.train()
     probe = model.benchmark_probe()
-    assert set(probe) == {"category_accuracy", "items_embedded_per_second"}
+    assert set(probe) == {"category_accuracy", "category_majority_share", "items_embedded_per_second"}
     assert 0 <= probe["category_accuracy"] <= 1 and probe["items_embedded_per_second"] > 0
+    categories = [model.notes[i]["category"] for i in range(1, 6) if model.notes[i]["category"]]
+    expected = max(categories.count(c) for c in categories) / len(categories)
+    assert probe["category_majority_share"] == pytest.approx(expected)
     assert model.training  # the probe restores the mode it found
