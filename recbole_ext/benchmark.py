@@ -295,7 +295,8 @@ def write_summary(records, models, output_dir):
                 ratio = f" ({mean / base[k]:.2f}x)" if base[k] else ""
                 cells.append(f"{mean:.4f} ± {std:.4f}{ratio}")
             mean_t, std_t = _mean_std([r["epoch_seconds"] for r in runs])
-            cells.append(f"{mean_t:.1f} ± {std_t:.1f} ({mean_t / base_time:.2f}x)")
+            time_ratio = f" ({mean_t / base_time:.2f}x)" if round(base_time, 1) else ""  # a baseline that trains nothing
+            cells.append(f"{mean_t:.1f} ± {std_t:.1f}{time_ratio}")
             cells.append(f"{statistics.mean(r['epochs'] for r in runs):.1f}")
             cells.append(str(runs[0]["params"]))
             lines.append("| " + " | ".join(cells) + " |")

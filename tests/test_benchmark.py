@@ -92,4 +92,11 @@ def test_summary_lists_model_probes(tmp_path):
     for r in records:  # per-user files are only needed for the t-test against another model
         os.makedirs(tmp_path / "runs" / f"NoteLLM-seed{r['seed']}")
     write_summary(records, ["NoteLLM"], str(tmp_path))
-    assert "| NoteLLM | category_accuracy | 0 | 0.6 |" in (tmp_path / "summary.md").read_text()
+    summary = (tmp_path / "summary.md").read_text()
+    assert "| NoteLLM | category_accuracy | 0 | 0.6 |" in summary
+    assert "| 1.0 ± 0.0 (1.00x) |" in summary  # epoch-time ratio to the baseline
+
+    for r in records:  # a baseline that trains nothing (0.0 s/epoch) gets no epoch-time ratio
+        r["epoch_seconds"] = 0.01
+    write_summary(records, ["NoteLLM"], str(tmp_path))
+    assert "| 0.0 ± 0.0 |" in (tmp_path / "summary.md").read_text()
