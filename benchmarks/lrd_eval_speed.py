@@ -1,10 +1,10 @@
 """Seconds for one full-ranking evaluation of the ml-100k validation set, per LRD variant.
 
-    python benchmarks/lrd_eval_speed.py [--models=RCF,RCF+LRD,KDA,KDA+LRD] [--key=value ...]
+    python benchmarks/lrd_eval_speed.py [--models=RCF,RCF+LRD,KDA,KDA+LRD] [--mode=full] [--key=value ...]
 
 Builds each variant of ``props/benchmarks/lrd-ml-100k.yaml`` (untrained weights: the cost does not
-depend on them), switches validation to full ranking and times RecBole's own ``Trainer.evaluate`` on
-the whole validation split (943 users x 1,683 items). Other ``--key=value`` flags override the config,
+depend on them), sets the validation eval mode (``full``: 943 users x 1,683 items; or e.g. ``uni100``)
+and times RecBole's own ``Trainer.evaluate`` on the whole validation split. Other ``--key=value`` flags override the config,
 e.g. ``--eval_chunk_pairs=4096``.
 """
 
@@ -18,6 +18,7 @@ import torch
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="RCF,RCF+LRD,KDA,KDA+LRD")
+    parser.add_argument("--mode", default="full", help="RecBole eval mode of the validation split")
     args, overrides = parser.parse_known_args()
 
     import recbole_ext  # noqa: F401  (compat layer + registration)
@@ -34,7 +35,7 @@ def main():
         model_config = dict(bench["model_config"][label])
         model_name = model_config.pop("model")
         config_dict = dict(bench["config"], **model_config)
-        config_dict["eval_args"] = dict(config_dict["eval_args"], mode="full")
+        config_dict["eval_args"] = dict(config_dict["eval_args"], mode=args.mode)
         config = Config(model=model_name, dataset=bench["dataset"], config_dict=config_dict)
         init_seed(config["seed"], config["reproducibility"])
         train_data, valid_data, _ = data_preparation(config, create_dataset(config))
@@ -44,7 +45,7 @@ def main():
         result = trainer.evaluate(valid_data, load_best_model=False, show_progress=False)
         seconds = time.perf_counter() - start
         print(f"{label}: {model.n_relations} relation tokens, eval_chunk_pairs {config['eval_chunk_pairs']}: "
-              f"full-ranking validation ({valid_data._dataset.user_num - 1} users x {model.n_items} items) "
+              f"{args.mode} validation of {valid_data._dataset.user_num - 1} users ({model.n_items} items) "
               f"in {seconds:.1f} s (valid ndcg@10 {result['ndcg@10']:.4f}, untrained)", flush=True)
 
 
