@@ -4,8 +4,8 @@
 
 Builds each variant of ``props/benchmarks/lrd-ml-100k.yaml`` (untrained weights: the cost does not
 depend on them), sets the validation eval mode (``full``: 943 users x 1,683 items; or e.g. ``uni100``)
-and times RecBole's own ``Trainer.evaluate`` on the whole validation split. Other ``--key=value`` flags override the config,
-e.g. ``--eval_chunk_pairs=4096``.
+and times RecBole's own ``Trainer.evaluate`` on the whole validation split. Other ``--key=value``
+flags override the config, e.g. ``--eval_chunk_pairs=4096``.
 """
 
 import argparse
