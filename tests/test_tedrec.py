@@ -1,5 +1,6 @@
 """TedRec: parameter count, shapes, gates, the frequency fusion, lengths, training and evaluation."""
 
+import functools
 import math
 
 import pytest
@@ -115,6 +116,19 @@ def test_fusion_equals_explicit_circular_convolution(length):
     torch.testing.assert_close(fusion(id_seq, text_seq), id_position + id_text)
 
 
+@pytest.mark.parametrize("length", [7, 10])
+def test_fusion_equals_the_official_fft_formula(length):
+    torch.manual_seed(0)
+    fusion = FrequencyFusion(hidden_size=5, max_seq_length=length)
+    torch.nn.init.normal_(fusion.complex_weight)  # includes imaginary DC/Nyquist parts, which irfft ignores
+    id_seq, text_seq = torch.randn(3, length, 5), torch.randn(3, length, 5)
+    rfft = functools.partial(torch.fft.rfft, dim=1, norm="ortho")
+    irfft = functools.partial(torch.fft.irfft, n=length, dim=1, norm="ortho")
+    id_position, id_text = fusion.filtered(id_seq, text_seq)
+    torch.testing.assert_close(id_position, irfft(rfft(id_seq) * torch.view_as_complex(fusion.complex_weight)))
+    torch.testing.assert_close(id_text, irfft(rfft(id_seq) * rfft(text_seq)))
+
+
 def test_moe_matches_its_definition():
     torch.manual_seed(0)
     moe = MoEAdaptorLayer(n_exps=3, layers=[6, 4], dropout=0.2, max_seq_length=5).eval()
@@ -139,6 +153,17 @@ def test_each_expert_draws_its_own_dropout_mask():
     out = moe(torch.ones(1, 3, 64))  # gates 1/2 each: out = (mask_0 + mask_1) / 2 / (1 - p)
     values = set(torch.round(out.flatten(), decimals=4).tolist())
     assert values == {0.0, 1.0, 2.0}  # both, one or neither expert kept an element
+
+
+def test_expert_dropout_rate_and_scale():
+    torch.manual_seed(0)
+    moe = MoEAdaptorLayer(n_exps=4, layers=[64, 8], dropout=0.2, max_seq_length=3).train()
+    x = torch.rand(500, 64) + 0.5  # no zeros of its own
+    dropped = moe.expert_dropout(x)  # [4, 500, 64]
+    kept = dropped != 0
+    assert abs(1 - kept.float().mean().item() - 0.2) < 0.005
+    torch.testing.assert_close(dropped[kept], (x / 0.8).expand_as(dropped)[kept])
+    assert torch.equal(moe.eval().expert_dropout(x), x.expand(4, -1, -1))
 
 
 def test_per_item_moe_equals_per_position_moe_in_eval(prepared):

@@ -46,6 +46,9 @@ class TedRec(SASRec):
           eval mode, and faster). ``adaptor_dropout_scope: item`` does so in training too, drawing
           one dropout mask and gate noise per item and batch instead of per position: an
           approximation, off by default.
+        * The adapter's dropout masks take 16 random bits per element (the drop probability is
+          rounded to a multiple of 1/65536), and the fusion's real FFTs are computed as DFT matrix
+          products (the same transforms, equal to float precision); both only for speed.
     """
 
     def __init__(self, config, dataset):
