@@ -52,6 +52,18 @@ def test_build_and_map_rows_through_field2id_token(tiny_config, tmp_path):
     np.testing.assert_array_equal(weight[checked], raw[[int(id2token[i]) for i in checked]])
 
 
+def test_text_shuffle_seed_permutes_vectors_across_items(tiny_config, tmp_path):
+    config = _config(tiny_config, text_feature_dir=str(tmp_path / "features"))
+    dataset = create_dataset(config)
+    weight = tf.load_item_text_embeddings(config, dataset).numpy()
+    config["text_shuffle_seed"] = 7
+    shuffled = tf.load_item_text_embeddings(config, dataset).numpy()
+    assert not shuffled[0].any()  # PAD row stays
+    assert sorted(map(tuple, shuffled[1:])) == sorted(map(tuple, weight[1:]))  # the same vectors ...
+    assert (shuffled[1:] != weight[1:]).any(1).mean() > 0.5  # ... mostly on other items
+    np.testing.assert_array_equal(tf.load_item_text_embeddings(config, dataset).numpy(), shuffled)
+
+
 def test_model_builds_missing_file_on_first_use(tiny_config, tmp_path):
     config = _config(tiny_config, text_feature_dir=str(tmp_path / "auto"))
     _, generated = tf.feature_file_candidates(config)

@@ -227,7 +227,9 @@ def _check_meta(path, meta, config):
 def load_item_text_embeddings(config, dataset):
     """Text features aligned to RecBole's internal item ids: float32 [n_items, plm_size], PAD row 0.
 
-    ``plm_size: ~`` takes the width from the file's sidecar (files this module wrote)."""
+    ``plm_size: ~`` takes the width from the file's sidecar (files this module wrote).
+    ``text_shuffle_seed: <int>`` permutes the vectors across items (an ablation: the same vectors,
+    so the same distribution, but no item keeps its own text)."""
     path = _ensure_feature_file(config)
     plm_size = config["plm_size"]
     meta = None
@@ -267,6 +269,9 @@ def load_item_text_embeddings(config, dataset):
     no_text = int((np.abs(weight[1:]).sum(1) == 0).sum())
     if no_text:
         getLogger().warning(f"{no_text} items have no text in '{path}' and get a zero text vector.")
+    if config["text_shuffle_seed"] is not None:
+        weight[1:] = weight[1:][np.random.default_rng(config["text_shuffle_seed"]).permutation(len(tokens) - 1)]
+        getLogger().warning(f"Ablation: text vectors permuted across items (text_shuffle_seed {config['text_shuffle_seed']}).")
     return torch.from_numpy(weight)
 
 
