@@ -26,15 +26,13 @@ def main():
     from recbole.data import create_dataset, data_preparation
     from recbole.utils import get_model, get_trainer, init_seed
 
-    from recbole_ext.benchmark import load_benchmark
+    from recbole_ext.benchmark import load_benchmark, model_and_config
 
     bench = load_benchmark("lrd-ml-100k")
     sys.argv = [sys.argv[0], *overrides]  # RecBole's Config reads --key=value itself
     print(f"torch threads: {torch.get_num_threads()}")
     for label in args.models.split(","):
-        model_config = dict(bench["model_config"][label])
-        model_name = model_config.pop("model")
-        config_dict = dict(bench["config"], **model_config)
+        model_name, config_dict = model_and_config(bench, label)
         config_dict["eval_args"] = dict(config_dict["eval_args"], mode=args.mode)
         config = Config(model=model_name, dataset=bench["dataset"], config_dict=config_dict)
         init_seed(config["seed"], config["reproducibility"])

@@ -29,16 +29,15 @@ def main():
     from recbole.data import create_dataset, data_preparation
     from recbole.utils import get_model, init_seed
 
-    from recbole_ext.benchmark import load_benchmark
+    from recbole_ext.benchmark import load_benchmark, model_and_config
 
     bench = load_benchmark("ml-100k")
     sys.argv = [sys.argv[0], *overrides]  # RecBole's Config reads --key=value itself
     print(f"torch threads: {torch.get_num_threads()}")
     runs, train_data = [], None
     for label in args.models.split(","):
-        model_config = dict(bench["model_config"].get(label) or {})
-        model_name = model_config.pop("model", label)
-        config = Config(model=model_name, dataset=bench["dataset"], config_dict=dict(bench["config"], **model_config))
+        model_name, config_dict = model_and_config(bench, label)
+        config = Config(model=model_name, dataset=bench["dataset"], config_dict=config_dict)
         init_seed(config["seed"], config["reproducibility"])
         train_data, _, _ = data_preparation(config, create_dataset(config))
         model = get_model(model_name)(config, train_data._dataset).to(config["device"]).train()

@@ -53,6 +53,13 @@ def load_benchmark(path_or_name):
     return bench
 
 
+def model_and_config(bench, label):
+    """(RecBole model name, config dict) of one ``models`` entry: the shared ``config`` plus the
+    label's ``model_config``, whose ``model`` key (default: the label itself) names the model."""
+    model_config = dict(bench["model_config"].get(label) or {})
+    return model_config.pop("model", label), dict(bench["config"], **model_config)
+
+
 def _absolute_paths(config):
     """Runs execute inside the output folder: make the user's relative data paths absolute."""
     config = dict(config)
@@ -89,9 +96,8 @@ def run_benchmark(benchmark, models=None, seeds=None, output_dir=None, overrides
             print(f"[{index}/{len(plan)}] {model} seed {seed}: not finished, left out", flush=True)
             continue
         print(f"[{index}/{len(plan)}] {model} seed {seed}: running (log: {run_dir}/run.log)", flush=True)
-        model_config = dict(bench["model_config"].get(model) or {})
-        recbole_model = model_config.pop("model", model)
-        config = dict(_absolute_paths(bench["config"]), **model_config, seed=seed)
+        recbole_model, config = model_and_config(bench, model)
+        config = dict(_absolute_paths(config), seed=seed)
         config.setdefault("text_feature_dir", os.path.join(output_dir, "text_features"))  # built once
         record = _run_in_subprocess(
             model, recbole_model, bench["dataset"], seed, config, run_dir, list(overrides),

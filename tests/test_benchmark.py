@@ -5,7 +5,7 @@ import os
 
 import yaml
 
-from recbole_ext.benchmark import load_benchmark, main
+from recbole_ext.benchmark import load_benchmark, main, model_and_config
 
 RECORD_FIELDS = {"model", "dataset", "seed", "valid", "test", "epoch_seconds", "epochs", "best_epoch",
                  "params", "eval_seconds"}
@@ -20,6 +20,15 @@ def test_packaged_benchmarks_load():
     lrd = load_benchmark("lrd-ml-100k")
     assert lrd["models"] == ["SASRec", "RCF", "RCF+LRD", "KDA", "KDA+LRD"] and lrd["extra_test_modes"] == ["uni100"]
     assert {lrd["model_config"][m]["model"] for m in lrd["models"][1:]} == {"LRD"}
+
+
+def test_variant_labels_resolve_to_model_and_merged_config():
+    bench = load_benchmark("ml-100k")
+    model, config = model_and_config(bench, "TedRec-fast-shuffled-text")
+    assert model == "TedRec" and config["text_shuffle_seed"] == 0 and config["adaptor_dropout_scope"] == "item"
+    assert config["hidden_size"] == bench["config"]["hidden_size"] and "model" not in config
+    model, config = model_and_config(bench, "SASRec")
+    assert model == "SASRec" and config == bench["config"]
 
 
 def test_two_model_two_seed_smoke_benchmark(tiny_config, tmp_path, capsys):
