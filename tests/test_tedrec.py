@@ -5,8 +5,10 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from recbole.config import Config
 from recbole.data import create_dataset, data_preparation
+from recbole.model.sequential_recommender.sasrec import SASRec
 from recbole.quick_start import run_recbole
 from recbole.utils import get_trainer, init_seed
 
@@ -186,6 +188,30 @@ def test_per_item_dropout_scope_trains(tiny_config):
     train_data, _, _ = data_preparation(config, dataset)
     model = TedRec(config, train_data._dataset)
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
+    losses = [trainer._train_epoch(train_data, epoch) for epoch in range(3)]
+    assert losses[-1] < losses[0], losses
+
+
+def test_without_text_fusion_is_sasrec_with_the_cosine_loss(tiny_config, monkeypatch):
+    def no_text(config, dataset):
+        raise AssertionError("text features must not be loaded without the text branch")
+
+    monkeypatch.setattr(tedrec_module, "load_item_text_embeddings", no_text)
+    config = Config(model="TedRec", dataset="tiny", config_dict=dict(tiny_config, text_fusion=False))
+    init_seed(config["seed"], config["reproducibility"])
+    train_data, _, _ = data_preparation(config, create_dataset(config))
+    model = TedRec(config, train_data._dataset)
+    init_seed(config["seed"], config["reproducibility"])
+    sasrec = SASRec(config, train_data._dataset)
+    assert _trainable(model) == _trainable(sasrec)
+    model.eval()
+    sasrec.eval()
+    sasrec.load_state_dict(model.state_dict())
+    batch = _first_batch(train_data)
+    cosine = F.normalize(sasrec.forward(batch["item_id_list"], batch["item_length"]), dim=-1) @ F.normalize(
+        sasrec.item_embedding.weight, dim=-1).t()
+    torch.testing.assert_close(model.full_sort_predict(batch), cosine)
+    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model.train())
     losses = [trainer._train_epoch(train_data, epoch) for epoch in range(3)]
     assert losses[-1] < losses[0], losses
 

@@ -46,6 +46,8 @@ class TedRec(SASRec):
           eval mode, and faster). ``adaptor_dropout_scope: item`` does so in training too, drawing
           one dropout mask and gate noise per item and batch instead of per position: an
           approximation, off by default.
+        * ``text_fusion: False`` (an ablation, not in the official code) drops the text branch
+          (adapter and fusion), leaving SASRec trained with TedRec's cosine/temperature loss.
         * The adapter's dropout masks take 16 random bits per element (the drop probability is
           rounded to a multiple of 1/65536), and the fusion's real FFTs are computed as DFT matrix
           products (the same transforms, equal to float precision); both only for speed.
@@ -67,7 +69,10 @@ class TedRec(SASRec):
         self.adaptor_layers = list(config["adaptor_layers"] or [self.plm_size, self.hidden_size])
         self.adaptor_dropout_prob = config["adaptor_dropout_prob"]
         self.adaptor_dropout_scope = config["adaptor_dropout_scope"] or "position"
+        self.text_fusion = config["text_fusion"] is not False
         self._check_config()
+        if not self.text_fusion:  # ablation: SASRec with TedRec's cosine/temperature loss
+            return
 
         # define layers: modules created after SASRec's init keep their own initialisation
         self.plm_embedding = nn.Embedding.from_pretrained(
@@ -120,9 +125,8 @@ class TedRec(SASRec):
 
     def forward(self, item_seq, item_seq_len):
         item_seq, item_seq_len = self._fit_length(item_seq, item_seq_len)  # [B, L], [B]
-        text_emb = self._text_sequence(item_seq)  # [B, L, d]
         item_emb = self.item_embedding(item_seq)  # [B, L, d]
-        fused = self.fusion(item_emb, text_emb)  # [B, L, d]
+        fused = self.fusion(item_emb, self._text_sequence(item_seq)) if self.text_fusion else item_emb
 
         position_ids = torch.arange(item_seq.size(1), dtype=torch.long, device=item_seq.device)
         input_emb = fused + self.position_embedding(position_ids).unsqueeze(0)
