@@ -91,8 +91,8 @@ class FrequencyFusion(nn.Module):
     position. No residual, LayerNorm or dropout, as in the official code.
 
     The official code calls ``torch.fft.rfft``/``irfft``; for sequence lengths of tens of items the
-    same transforms as real matrix products are several times faster (fewer, contiguous kernels
-    and no complex tensors in autograd). As ``irfft`` does, the inverse ignores the imaginary parts
+    same transforms as real matrix products are faster (10-20% for forward + backward at L = 20 on
+    2 CPU cores: no complex tensors in autograd). As ``irfft`` does, the inverse ignores the imaginary parts
     of the DC and Nyquist bins. Always float32 (no autocast), as the official FFT.
     """
 
