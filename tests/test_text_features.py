@@ -3,6 +3,8 @@
 import importlib.util
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -163,3 +165,22 @@ def test_real_minilm_on_ml100k(tmp_path):
         return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
 
     assert cos(toy, aladdin) > cos(toy, golden)  # two animated children's films are closer
+
+
+def test_text_neighbours_report(tmp_path):
+    """benchmarks/text_neighbours.py: items 1 and 2 (same genre) are each other's neighbours."""
+    vectors = np.zeros((5, 3), dtype="<f4")
+    vectors[1:] = [[1, 0, 0], [0.9, 0.1, 0], [0, 1, 0], [0, 0.2, 1]]
+    feature_file = tmp_path / "toy.feat"
+    vectors.tofile(feature_file)
+    (tmp_path / "toy.feat.json").write_text(json.dumps({"dim": 3}))
+    item_file = tmp_path / "toy.item"
+    item_file.write_text("item_id:token\tmovie_title:token_seq\tclass:token_seq\n"
+                         "1\tA\tDrama\n2\tB\tDrama\n3\tC\tComedy\n4\tD\tHorror\n")
+    result = subprocess.run(
+        [sys.executable, "benchmarks/text_neighbours.py", str(feature_file), str(item_file), "--show=4"],
+        capture_output=True, text=True, check=True, cwd=os.path.dirname(os.path.dirname(__file__)),
+    )
+    assert "4 items, 3-d vectors" in result.stdout
+    assert "nearest neighbour has the same class: 0.50 of items" in result.stdout
+    assert "A [Drama] -> B [Drama] (cosine 0.99)" in result.stdout
