@@ -33,7 +33,8 @@ def main():
     items = frame[args.item_field].astype(int).tolist()
     values, titles = frame[args.field].tolist(), frame[args.title_field].tolist()
 
-    unit = vectors[items] / np.linalg.norm(vectors[items], axis=1, keepdims=True)
+    item_vectors = vectors[items]  # [n, dim]
+    unit = item_vectors / np.linalg.norm(item_vectors, axis=1, keepdims=True)
     cosine = unit @ unit.T  # [n, n]
     np.fill_diagonal(cosine, np.nan)
     neighbour = np.nanargmax(cosine, axis=1)
