@@ -1,11 +1,12 @@
 """Seconds for one full-ranking evaluation of the ml-100k validation set, per LRD variant.
 
-    python benchmarks/lrd_eval_speed.py [--models=RCF,RCF+LRD,KDA,KDA+LRD] [--mode=full] [--key=value ...]
+    python benchmarks/lrd_eval_speed.py [--models=RCF,RCF+LRD,KDA,KDA+LRD] [--mode=full] [--repeat=1] [--key=value ...]
 
 Builds each variant of ``props/benchmarks/lrd-ml-100k.yaml`` (untrained weights: the cost does not
 depend on them), sets the validation eval mode (``full``: 943 users x 1,683 items; or e.g. ``uni100``)
-and times RecBole's own ``Trainer.evaluate`` on the whole validation split. Other ``--key=value``
-flags override the config, e.g. ``--eval_chunk_pairs=4096``.
+and times RecBole's own ``Trainer.evaluate`` on the whole validation split, ``--repeat`` times in a
+row (the first pass of ``--eval_compile=True`` includes compiling). Other ``--key=value`` flags
+override the config, e.g. ``--eval_chunk_pairs=4096``.
 """
 
 import argparse
@@ -19,6 +20,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="RCF,RCF+LRD,KDA,KDA+LRD")
     parser.add_argument("--mode", default="full", help="RecBole eval mode of the validation split")
+    parser.add_argument("--repeat", type=int, default=1, help="evaluations timed in a row per model")
     args, overrides = parser.parse_known_args()
 
     import recbole_ext  # noqa: F401  (compat layer + registration)
@@ -39,12 +41,15 @@ def main():
         train_data, valid_data, _ = data_preparation(config, create_dataset(config))
         model = get_model(model_name)(config, train_data._dataset).to(config["device"])
         trainer = get_trainer(config["MODEL_TYPE"], model_name)(config, model)
-        start = time.perf_counter()
-        result = trainer.evaluate(valid_data, load_best_model=False, show_progress=False)
-        seconds = time.perf_counter() - start
-        print(f"{label}: {model.n_relations} relation tokens, eval_chunk_pairs {config['eval_chunk_pairs']}: "
-              f"{args.mode} validation of {valid_data._dataset.user_num - 1} users ({model.n_items} items) "
-              f"in {seconds:.1f} s (valid ndcg@10 {result['ndcg@10']:.4f}, untrained)", flush=True)
+        seconds = []
+        for _ in range(args.repeat):
+            start = time.perf_counter()
+            result = trainer.evaluate(valid_data, load_best_model=False, show_progress=False)
+            seconds.append(f"{time.perf_counter() - start:.1f}")
+        print(f"{label}: {model.n_relations} relation tokens, eval_chunk_pairs {config['eval_chunk_pairs']}, "
+              f"eval_compile {config['eval_compile']}: {args.mode} validation of {valid_data._dataset.user_num - 1} "
+              f"users ({model.n_items} items) in {' / '.join(seconds)} s "
+              f"(valid ndcg@10 {result['ndcg@10']:.4f}, untrained)", flush=True)
 
 
 if __name__ == "__main__":

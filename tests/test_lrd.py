@@ -12,6 +12,7 @@ from recbole.utils import get_model, get_trainer, init_seed
 
 from recbole_ext.data.relations import RelationDataError, build_item_relations
 from recbole_ext.data.text_features import TextFeatureError
+from recbole_ext.model.lrd import RelationSelfAttentionLayer
 
 DIRECTED_BY, SEQUEL = "film.film.directed_by", "film.film.sequel"
 
@@ -91,16 +92,43 @@ def test_scores_shapes_chunking_and_predict_matches_full_sort(lrd_config):
     with torch.no_grad():
         full = model.full_sort_predict(interaction)
         assert full.shape == (len(interaction), model.n_items)
-        model.eval_chunk_pairs = 100000
-        assert torch.allclose(model.full_sort_predict(interaction), full, atol=1e-5)
+        for chunk in (100000, model.n_items // 3):  # one block; blocks of one row x a third of the items
+            model.eval_chunk_pairs = chunk
+            assert torch.allclose(model.full_sort_predict(interaction), full, atol=1e-5)
         model.eval_bf16 = True  # bf16 relation layers: close to, not equal to, the float32 scores
         assert torch.allclose(model.full_sort_predict(interaction), full, atol=0.05)
         model.eval_bf16 = False
         candidates = torch.randint(1, model.n_items, (len(interaction),))
         interaction.update(type(interaction)({"item_id": candidates}))
         predicted = model.predict(interaction)
+        model.eval_chunk_pairs = 3  # blocks of 3 rows x 1 candidate
+        assert torch.allclose(model.predict(interaction), predicted, atol=1e-5)
     assert predicted.shape == (len(interaction),)
     assert torch.allclose(predicted, full[torch.arange(len(interaction)), candidates], atol=1e-5)
+
+
+def test_relation_layer_attention_is_scaled_dot_product_attention():
+    layer = RelationSelfAttentionLayer(hidden_size=16, n_heads=4, dropout_prob=0.0).eval()
+    for parameter in layer.parameters():
+        torch.nn.init.normal_(parameter, std=0.5)  # peaked, not near-uniform, attention
+    tokens = torch.randn(6, 5, 16)
+    query, key, value = layer.qkv(tokens).view(6, 5, 3, 4, 4).permute(2, 0, 3, 1, 4)
+    attended = torch.nn.functional.scaled_dot_product_attention(query, key, value).transpose(1, 2).reshape(6, 5, 16)
+    expected = layer.layer_norm(tokens + layer.ffn_out(torch.relu(layer.ffn_in(attended))))
+    assert torch.allclose(layer(tokens), expected, atol=1e-5)
+
+
+def test_compiled_evaluation_gives_the_eager_scores(lrd_config):
+    _, _, model, _, valid = _build(lrd_config, backbone="kda", eval_compile=True)
+    model.eval()
+    interaction = next(iter(valid))[0]
+    interaction.update(type(interaction)({"item_id": torch.randint(1, model.n_items, (len(interaction),))}))
+    with torch.no_grad():
+        compiled = model.full_sort_predict(interaction), model.predict(interaction)
+        model.eval_compile = False
+        eager = model.full_sort_predict(interaction), model.predict(interaction)
+    assert model._compiled_score_chunk is not None
+    assert all(torch.allclose(c, e, atol=1e-5) for c, e in zip(compiled, eager))
 
 
 def test_backbone_alone_has_no_latent_relations_and_needs_no_text(lrd_config):

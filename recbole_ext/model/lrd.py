@@ -74,10 +74,16 @@ class RelationSelfAttentionLayer(nn.Module):
 
     def forward(self, tokens):  # [N, R, d] -> [N, R, d]
         n, n_tokens, hidden = tokens.shape
-        qkv = self.qkv(tokens).view(n, n_tokens, 3, self.n_heads, hidden // self.n_heads)
-        query, key, value = qkv.permute(2, 0, 3, 1, 4)  # each [N, heads, R, d_head]
-        attended = F.scaled_dot_product_attention(query, key, value)  # softmax(q k^T / sqrt(d_head)) v
-        attended = attended.transpose(1, 2).reshape(n, n_tokens, hidden)
+        head_size = hidden // self.n_heads
+        qkv = self.qkv(tokens).view(n, n_tokens, 3, self.n_heads, head_size)
+        # each [N * heads, R, d_head]
+        query, key, value = qkv.permute(2, 0, 3, 1, 4).reshape(3, n * self.n_heads, n_tokens, head_size)
+        scores = torch.bmm(query, key.transpose(1, 2)) / math.sqrt(head_size)  # [N * heads, R, R]
+        # softmax written out: on CPU, torch.softmax (and the fused attention) over a last dimension
+        # of ~10 tokens is several times slower than these element-wise passes
+        weights = (scores - scores.amax(-1, keepdim=True)).exp()
+        attended = torch.bmm(weights / weights.sum(-1, keepdim=True), value)
+        attended = attended.view(n, self.n_heads, n_tokens, head_size).transpose(1, 2).reshape(n, n_tokens, hidden)
         return self.layer_norm(tokens + self.dropout(self.ffn_out(torch.relu(self.ffn_in(attended)))))
 
 
@@ -102,6 +108,8 @@ class LRD(SequentialRecommender):
         self.entropy_mode = config["entropy_mode"]
         self.eval_chunk_pairs = config["eval_chunk_pairs"]
         self.eval_bf16 = config["eval_bf16"]
+        self.eval_compile = config["eval_compile"]
+        self._compiled_score_chunk = None
         self.TIME = config["TIME_FIELD"]
         self.TIME_LIST = self.TIME + config["LIST_SUFFIX"]  # RecBole's sequential data always has times
         self._check_config(config)
@@ -231,17 +239,38 @@ class LRD(SequentialRecommender):
         pooled = tokens.mean(dim=1).view(batch, n_candidates, -1)  # [B, C, d]
         return ((user.unsqueeze(1) + pooled) * item).sum(-1) + self.item_bias(candidates).squeeze(-1)
 
+    def _block_scorer(self):
+        """``_score_chunk``, or in evaluation with ``eval_compile`` its ``torch.compile`` version (built
+        on first use; fuses the many small element-wise passes over the relation tokens)."""
+        if self.training or not self.eval_compile:
+            return self._score_chunk
+        if self._compiled_score_chunk is None:
+            self._compiled_score_chunk = torch.compile(self._score_chunk)
+        return self._compiled_score_chunk
+
     def forward(self, interaction, candidates):
-        """Scores of ``candidates`` ([B, C], or [C] for every row): [B, C]. Computed in blocks of about
-        ``eval_chunk_pairs`` (row, candidate) pairs, so memory stays flat for any batch size."""
+        """Scores of ``candidates`` ([B, C], or [C] for every row): [B, C]. Computed in blocks of at most
+        ``eval_chunk_pairs`` (row, candidate) pairs (rows x candidates), so memory stays flat for any
+        batch size and any number of candidates."""
         item_seq = interaction[self.ITEM_SEQ]
         mask = item_seq > 0  # [B, L]
         user = self.user_embedding(interaction[self.USER_ID])
         history = self.entity_embedding(item_seq)  # [B, L, d]
         decay = self._time_decay(interaction, mask) if self.backbone == "kda" else None
         values = self._item_values() if self.include_value else None
-        chunks = candidates.split(max(1, self.eval_chunk_pairs // len(item_seq)), dim=-1)
-        return torch.cat([self._score_chunk(user, history, mask, decay, values, c) for c in chunks], dim=-1)
+        score_chunk = self._block_scorer()
+        per_block = min(candidates.size(-1), self.eval_chunk_pairs)
+        rows_per_block = max(1, self.eval_chunk_pairs // per_block)
+        scores = []
+        for start in range(0, len(item_seq), rows_per_block):
+            rows = slice(start, start + rows_per_block)
+            row_candidates = candidates if candidates.dim() == 1 else candidates[rows]
+            scores.append(torch.cat([
+                score_chunk(user[rows], history[rows], mask[rows], None if decay is None else decay[rows],
+                                  values, block)
+                for block in row_candidates.split(per_block, dim=-1)
+            ], dim=-1))
+        return torch.cat(scores, dim=0)
 
     # ----- losses -------------------------------------------------------------------------
     def _random_items(self, shape):
