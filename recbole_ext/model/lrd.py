@@ -239,7 +239,7 @@ class LRD(SequentialRecommender):
         pooled = tokens.mean(dim=1).view(batch, n_candidates, -1)  # [B, C, d]
         return ((user.unsqueeze(1) + pooled) * item).sum(-1) + self.item_bias(candidates).squeeze(-1)
 
-    def _block_scorer(self):
+    def _chunk_scorer(self):
         """``_score_chunk``, or in evaluation with ``eval_compile`` its ``torch.compile`` version (built
         on first use; fuses the many small element-wise passes over the relation tokens)."""
         if self.training or not self.eval_compile:
@@ -249,7 +249,7 @@ class LRD(SequentialRecommender):
         return self._compiled_score_chunk
 
     def forward(self, interaction, candidates):
-        """Scores of ``candidates`` ([B, C], or [C] for every row): [B, C]. Computed in blocks of at most
+        """Scores of ``candidates`` ([B, C], or [C] for every row): [B, C]. Computed in chunks of at most
         ``eval_chunk_pairs`` (row, candidate) pairs (rows x candidates), so memory stays flat for any
         batch size and any number of candidates."""
         item_seq = interaction[self.ITEM_SEQ]
@@ -258,17 +258,17 @@ class LRD(SequentialRecommender):
         history = self.entity_embedding(item_seq)  # [B, L, d]
         decay = self._time_decay(interaction, mask) if self.backbone == "kda" else None
         values = self._item_values() if self.include_value else None
-        score_chunk = self._block_scorer()
-        per_block = min(candidates.size(-1), self.eval_chunk_pairs)
-        rows_per_block = max(1, self.eval_chunk_pairs // per_block)
+        score_chunk = self._chunk_scorer()
+        candidates_per_chunk = min(candidates.size(-1), self.eval_chunk_pairs)
+        rows_per_chunk = max(1, self.eval_chunk_pairs // candidates_per_chunk)
         scores = []
-        for start in range(0, len(item_seq), rows_per_block):
-            rows = slice(start, start + rows_per_block)
+        for start in range(0, len(item_seq), rows_per_chunk):
+            rows = slice(start, start + rows_per_chunk)
+            row_decay = None if decay is None else decay[rows]
             row_candidates = candidates if candidates.dim() == 1 else candidates[rows]
             scores.append(torch.cat([
-                score_chunk(user[rows], history[rows], mask[rows], None if decay is None else decay[rows],
-                                  values, block)
-                for block in row_candidates.split(per_block, dim=-1)
+                score_chunk(user[rows], history[rows], mask[rows], row_decay, values, chunk)
+                for chunk in row_candidates.split(candidates_per_chunk, dim=-1)
             ], dim=-1))
         return torch.cat(scores, dim=0)
 
