@@ -108,14 +108,19 @@ def test_scores_shapes_chunking_and_predict_matches_full_sort(lrd_config):
 
 
 def test_relation_layer_attention_is_scaled_dot_product_attention():
-    layer = RelationSelfAttentionLayer(hidden_size=16, n_heads=4, dropout_prob=0.0).eval()
+    """The head-major projection and written-out softmax compute the standard layer, values and gradients."""
+    layer = RelationSelfAttentionLayer(hidden_size=16, n_heads=4, dropout_prob=0.0)
     for parameter in layer.parameters():
         torch.nn.init.normal_(parameter, std=0.5)  # peaked, not near-uniform, attention
     tokens = torch.randn(6, 5, 16)
     query, key, value = layer.qkv(tokens).view(6, 5, 3, 4, 4).permute(2, 0, 3, 1, 4)
     attended = torch.nn.functional.scaled_dot_product_attention(query, key, value).transpose(1, 2).reshape(6, 5, 16)
     expected = layer.layer_norm(tokens + layer.ffn_out(torch.relu(layer.ffn_in(attended))))
-    assert torch.allclose(layer(tokens), expected, atol=1e-5)
+    (expected_grad,) = torch.autograd.grad(expected.square().sum(), layer.qkv.weight)
+    output = layer(tokens)
+    (grad,) = torch.autograd.grad(output.square().sum(), layer.qkv.weight)
+    assert torch.allclose(output, expected, atol=1e-5)
+    assert torch.allclose(grad, expected_grad, atol=1e-4)
 
 
 def test_compiled_evaluation_gives_the_eager_scores(lrd_config):
