@@ -108,7 +108,8 @@ def test_scores_shapes_chunking_and_predict_matches_full_sort(lrd_config):
 
 
 def test_relation_layer_attention_is_scaled_dot_product_attention():
-    """The head-major projection and written-out softmax compute the standard layer, values and gradients."""
+    """Both head-major projections (training, evaluation) and the written-out softmax compute the
+    standard layer: values and gradients."""
     layer = RelationSelfAttentionLayer(hidden_size=16, n_heads=4, dropout_prob=0.0)
     for parameter in layer.parameters():
         torch.nn.init.normal_(parameter, std=0.5)  # peaked, not near-uniform, attention
@@ -121,6 +122,8 @@ def test_relation_layer_attention_is_scaled_dot_product_attention():
     (grad,) = torch.autograd.grad(output.square().sum(), layer.qkv.weight)
     assert torch.allclose(output, expected, atol=1e-5)
     assert torch.allclose(grad, expected_grad, atol=1e-4)
+    with torch.no_grad():
+        assert torch.allclose(layer(tokens), expected, atol=1e-5)
 
 
 def test_compiled_evaluation_gives_the_eager_scores(lrd_config):

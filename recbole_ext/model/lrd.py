@@ -72,22 +72,33 @@ class RelationSelfAttentionLayer(nn.Module):
         self.dropout = nn.Dropout(dropout_prob)
         self.layer_norm = nn.LayerNorm(hidden_size)
 
-    def forward(self, tokens):  # [N, R, d] -> [N, R, d]
+    def _project_heads(self, tokens):  # [N, R, d] -> [3, heads * N, R, d_head]
+        """q, k and v, head-major for the batched products; 1/sqrt(d_head) folded into the query weight."""
         n, n_tokens, hidden = tokens.shape
         head_size = hidden // self.n_heads
-        # one [d, d_head] projection per (query/key/value, head), 1/sqrt(d_head) folded into the
-        # query's: q, k and v come out head-major, ready for the batched products, with no
-        # permuting copy of the [N R, 3d] projection (a quarter of the layer's time on CPU)
         weight = self.qkv.weight.view(3, self.n_heads, head_size, hidden)
-        weight = torch.cat([weight[:1] / math.sqrt(head_size), weight[1:]]).transpose(-1, -2)
-        qkv = torch.matmul(tokens.reshape(n * n_tokens, hidden), weight.reshape(3 * self.n_heads, hidden, head_size))
-        query, key, value = qkv.view(3, self.n_heads * n, n_tokens, head_size)  # each [heads * N, R, d_head]
-        scores = torch.bmm(query, key.transpose(1, 2))  # [heads * N, R, R]
-        # softmax written out: on CPU, torch.softmax (and the fused attention) over a last dimension
-        # of ~10 tokens is several times slower than these element-wise passes
-        weights = (scores - scores.amax(-1, keepdim=True)).exp()
-        attended = torch.bmm(weights / weights.sum(-1, keepdim=True), value)  # [heads * N, R, d_head]
-        attended = attended.view(self.n_heads, n, n_tokens, head_size).permute(1, 2, 0, 3).reshape(n, n_tokens, hidden)
+        weight = torch.cat([weight[:1] / math.sqrt(head_size), weight[1:]])
+        flat = tokens.reshape(n * n_tokens, hidden)
+        if torch.is_grad_enabled():
+            # one wide product, then a copy into heads: its backward is one matrix product
+            qkv = F.linear(flat, weight.view(3 * hidden, hidden)).view(n, n_tokens, 3, self.n_heads, head_size)
+            return qkv.permute(2, 3, 0, 1, 4).reshape(3, self.n_heads * n, n_tokens, head_size)
+        # evaluation: one [d, d_head] product per (q/k/v, head) straight into heads, no copy of the
+        # [N R, 3d] projection (~20% of the layer's time on CPU; in training the backward of this
+        # form would add up twelve [N R, d] partial gradients instead)
+        qkv = torch.matmul(flat, weight.transpose(-1, -2).reshape(3 * self.n_heads, hidden, head_size))
+        return qkv.view(3, self.n_heads * n, n_tokens, head_size)
+
+    def forward(self, tokens):  # [N, R, d] -> [N, R, d]
+        n, n_tokens, hidden = tokens.shape
+        query, key, value = self._project_heads(tokens)  # each [heads * N, R, d_head]
+        # scores key-major, [heads * N, R keys, R queries], softmax over the keys written out: on CPU,
+        # torch.softmax (and the fused attention) over a last dimension of ~10 tokens is several times
+        # slower than these element-wise passes, which also run faster reducing the middle dimension
+        scores = torch.bmm(key, query.transpose(1, 2))
+        weights = (scores - scores.amax(1, keepdim=True)).exp()
+        attended = torch.bmm((weights / weights.sum(1, keepdim=True)).transpose(1, 2), value)  # [heads * N, R, d_head]
+        attended = attended.view(self.n_heads, n, n_tokens, -1).permute(1, 2, 0, 3).reshape(n, n_tokens, hidden)
         return self.layer_norm(tokens + self.dropout(self.ffn_out(torch.relu(self.ffn_in(attended)))))
 
 
