@@ -92,12 +92,12 @@ class RelationSelfAttentionLayer(nn.Module):
     def forward(self, tokens):  # [N, R, d] -> [N, R, d]
         n, n_tokens, hidden = tokens.shape
         query, key, value = self._project_heads(tokens)  # each [heads * N, R, d_head]
-        # scores key-major, [heads * N, R keys, R queries], softmax over the keys written out: on CPU,
-        # torch.softmax (and the fused attention) over a last dimension of ~10 tokens is several times
-        # slower than these element-wise passes, which also run faster reducing the middle dimension
-        scores = torch.bmm(key, query.transpose(1, 2))
-        weights = (scores - scores.amax(1, keepdim=True)).exp()
-        attended = torch.bmm((weights / weights.sum(1, keepdim=True)).transpose(1, 2), value)  # [heads * N, R, d_head]
+        scores = torch.bmm(query, key.transpose(1, 2))  # [heads * N, R, R]
+        # softmax written out: on CPU, torch.softmax (and the fused attention) over a last dimension
+        # of ~10 tokens is several times slower than these element-wise passes. (Scores key-major with
+        # the reductions over the middle dimension run ~4% faster eager but 2x slower compiled.)
+        weights = (scores - scores.amax(-1, keepdim=True)).exp()
+        attended = torch.bmm(weights / weights.sum(-1, keepdim=True), value)  # [heads * N, R, d_head]
         attended = attended.view(self.n_heads, n, n_tokens, -1).permute(1, 2, 0, 3).reshape(n, n_tokens, hidden)
         return self.layer_norm(tokens + self.dropout(self.ffn_out(torch.relu(self.ffn_in(attended)))))
 
