@@ -107,6 +107,45 @@ def test_scores_shapes_chunking_and_predict_matches_full_sort(lrd_config):
     assert torch.allclose(predicted, full[torch.arange(len(interaction)), candidates], atol=1e-5)
 
 
+def _explicit_scores(model, interaction, candidates):  # [B, C]
+    """The backbone score written out as in the module docstring, one einsum per step."""
+    item_seq = interaction[model.ITEM_SEQ]
+    mask = item_seq > 0
+    history = model.entity_embedding(item_seq)  # [B, L, d]
+    item = model.entity_embedding(candidates)  # [B, C, d]
+    keys = (model.relation_embedding.weight + model._item_values()[candidates]) * item.unsqueeze(-2)
+    logits = torch.einsum("bld,bcrd->bcrl", history, keys)
+    attention = logits.masked_fill(~mask[:, None, None], torch.finfo(logits.dtype).min).softmax(-1)
+    attention = attention * model._time_decay(interaction, mask).transpose(1, 2).unsqueeze(1)
+    tokens = torch.einsum("bcrl,bld->bcrd", attention, history).flatten(0, 1)  # [B C, R, d]
+    for _ in range(model.n_layers):
+        tokens = model.relation_layer(tokens)
+    pooled = tokens.mean(1).view(*candidates.shape, -1)
+    user = model.user_embedding(interaction[model.USER_ID]).unsqueeze(1)
+    return ((user + pooled) * item).sum(-1) + model.item_bias(candidates).squeeze(-1)
+
+
+def test_scores_equal_the_explicit_relation_attention(lrd_config):
+    """The blocked scorer (shared candidate keys, first layer projected from the history) computes
+    the plain formula, in training (gradients too) and in evaluation."""
+    _, _, model, train, _ = _build(lrd_config, backbone="kda")
+    for parameter in model.parameters():
+        torch.nn.init.normal_(parameter, std=0.3)
+    interaction = next(iter(train))
+    candidates = torch.randint(1, model.n_items, (len(interaction), 5))
+    expected = _explicit_scores(model, interaction, candidates)
+    scores = model(interaction, candidates)
+    assert torch.allclose(scores, expected, atol=1e-4)
+    (grad, expected_grad) = [torch.autograd.grad(s.sum(), model.relation_layer.qkv.weight)[0] for s in (scores, expected)]
+    assert torch.allclose(grad, expected_grad, atol=1e-4)
+    model.eval()
+    with torch.no_grad():
+        every_item = torch.arange(model.n_items)
+        full = model(interaction, every_item)
+        assert torch.allclose(full, _explicit_scores(model, interaction, every_item.expand(len(interaction), -1)), atol=1e-4)
+        assert torch.allclose(model(interaction, candidates), expected, atol=1e-4)
+
+
 def test_relation_layer_attention_is_scaled_dot_product_attention():
     """Both head-major projections (training, evaluation) and the written-out softmax compute the
     standard layer: values and gradients."""
@@ -124,6 +163,15 @@ def test_relation_layer_attention_is_scaled_dot_product_attention():
     assert torch.allclose(grad, expected_grad, atol=1e-4)
     with torch.no_grad():
         assert torch.allclose(layer(tokens), expected, atol=1e-5)
+
+
+def test_projecting_the_sources_of_mixed_tokens_is_exact():
+    layer = RelationSelfAttentionLayer(hidden_size=16, n_heads=4, dropout_prob=0.0)
+    weights, sources = torch.rand(3, 6, 5, 7), torch.randn(3, 7, 16)  # [B, N, R, L], [B, L, d]
+    tokens = (weights.flatten(1, 2) @ sources).view(18, 5, 16)
+    for grad_enabled in (True, False):
+        with torch.set_grad_enabled(grad_enabled):
+            assert torch.allclose(layer.project_mixture(weights, sources), layer.project(tokens), atol=1e-5)
 
 
 def test_compiled_evaluation_gives_the_eager_scores(lrd_config):

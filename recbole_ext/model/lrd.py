@@ -72,26 +72,49 @@ class RelationSelfAttentionLayer(nn.Module):
         self.dropout = nn.Dropout(dropout_prob)
         self.layer_norm = nn.LayerNorm(hidden_size)
 
-    def _project_heads(self, tokens):  # [N, R, d] -> [3, heads * N, R, d_head]
-        """q, k and v, head-major for the batched products; 1/sqrt(d_head) folded into the query weight."""
+    def _head_weights(self):  # [3, heads, d_head, d]
+        """The qkv weight per (q/k/v, head), 1/sqrt(d_head) folded into the query block."""
+        head_size = self.qkv.out_features // (3 * self.n_heads)
+        weight = self.qkv.weight.view(3, self.n_heads, head_size, -1)
+        return torch.cat([weight[:1] / math.sqrt(head_size), weight[1:]])
+
+    def _split_heads(self, qkv, n, n_tokens):  # [n * R, 3d] -> [3, heads * N, R, d_head]
+        """A copy of the wide projection into heads: in training its backward is one matrix product."""
+        head_size = qkv.size(-1) // (3 * self.n_heads)
+        qkv = qkv.view(n, n_tokens, 3, self.n_heads, head_size).permute(2, 3, 0, 1, 4)
+        return qkv.reshape(3, self.n_heads * n, n_tokens, head_size)
+
+    def project(self, tokens):  # [N, R, d] -> [3, heads * N, R, d_head]
+        """q, k and v, head-major for the batched products."""
         n, n_tokens, hidden = tokens.shape
-        head_size = hidden // self.n_heads
-        weight = self.qkv.weight.view(3, self.n_heads, head_size, hidden)
-        weight = torch.cat([weight[:1] / math.sqrt(head_size), weight[1:]])
+        weight = self._head_weights()
         flat = tokens.reshape(n * n_tokens, hidden)
         if torch.is_grad_enabled():
-            # one wide product, then a copy into heads: its backward is one matrix product
-            qkv = F.linear(flat, weight.view(3 * hidden, hidden)).view(n, n_tokens, 3, self.n_heads, head_size)
-            return qkv.permute(2, 3, 0, 1, 4).reshape(3, self.n_heads * n, n_tokens, head_size)
+            return self._split_heads(F.linear(flat, weight.reshape(3 * hidden, hidden)), n, n_tokens)
         # evaluation: one [d, d_head] product per (q/k/v, head) straight into heads, no copy of the
         # [N R, 3d] projection (~20% of the layer's time on CPU; in training the backward of this
         # form would add up twelve [N R, d] partial gradients instead)
-        qkv = torch.matmul(flat, weight.transpose(-1, -2).reshape(3 * self.n_heads, hidden, head_size))
-        return qkv.view(3, self.n_heads * n, n_tokens, head_size)
+        qkv = torch.matmul(flat, weight.transpose(-1, -2).reshape(-1, hidden, weight.size(2)))
+        return qkv.view(3, self.n_heads * n, n_tokens, -1)
 
-    def forward(self, tokens):  # [N, R, d] -> [N, R, d]
+    def project_mixture(self, weights, sources):  # [B, N, R, L], [B, L, d] -> [3, heads * B N, R, d_head]
+        """``project(weights @ sources)`` for tokens that mix L < d source vectors: projecting the
+        sources first costs L instead of d multiply-adds per token and output."""
+        batch, n, n_tokens, n_sources = weights.shape
+        weight = self._head_weights()
+        hidden, head_size = weight.size(-1), weight.size(2)
+        mixing = weights.reshape(batch, n * n_tokens, n_sources)
+        if torch.is_grad_enabled():
+            qkv = torch.bmm(mixing, F.linear(sources, weight.reshape(3 * hidden, hidden)))  # [B, N R, 3d]
+            return self._split_heads(qkv.view(batch * n * n_tokens, 3 * hidden), batch * n, n_tokens)
+        projected = torch.matmul(sources.unsqueeze(1), weight.transpose(-1, -2).reshape(-1, hidden, head_size))
+        qkv = torch.matmul(mixing, projected.transpose(0, 1))  # [3 heads, B, N R, d_head]
+        return qkv.view(3, self.n_heads * batch * n, n_tokens, head_size)
+
+    def forward(self, tokens, qkv=None):  # [N, R, d] -> [N, R, d]
+        """``qkv``: the tokens' ``project`` when the caller computed it more cheaply."""
         n, n_tokens, hidden = tokens.shape
-        query, key, value = self._project_heads(tokens)  # each [heads * N, R, d_head]
+        query, key, value = self.project(tokens) if qkv is None else qkv  # each [heads * N, R, d_head]
         scores = torch.bmm(query, key.transpose(1, 2))  # [heads * N, R, R]
         # softmax written out: on CPU, torch.softmax (and the fused attention) over a last dimension
         # of ~10 tokens is several times slower than these element-wise passes. (Scores key-major with
@@ -231,24 +254,31 @@ class LRD(SequentialRecommender):
         decay = (phase.cos() @ self.freq_real.weight.t() - phase.sin() @ self.freq_imag.weight.t()) / (2 * self.n_freq)
         return decay.clamp(0, 1).masked_fill(~mask.unsqueeze(-1), 0.0)
 
-    def _score_chunk(self, user, history, mask, decay, values, candidates):
-        """Scores of ``candidates`` ([B, C] per row, or [C] shared by all rows): [B, C]."""
-        item = self.entity_embedding(candidates)  # [B, C, d] or [C, d]
+    def _candidate_keys(self, candidates, values):
+        """Candidate vectors ``E[c]`` and their relation keys ``(Rel[r] + E[value_c,r]) * E[c]``:
+        [..., d] and [..., R, d] for candidates of any shape."""
+        item = self.entity_embedding(candidates)
         relation = self.relation_embedding.weight  # [R, d]
         if values is not None:
-            relation = relation + values[candidates]  # [(B,) C, R, d]
-        keys = relation * item.unsqueeze(-2)  # [(B,) C, R, d]
-        pattern = "bld,crd->bclr" if candidates.dim() == 1 else "bld,bcrd->bclr"
-        logits = torch.einsum(pattern, history, keys)  # [B, C, L, R]
-        logits = logits.masked_fill(~mask[:, None, :, None], torch.finfo(logits.dtype).min)
-        attention = logits.softmax(dim=2)
+            relation = relation + values[candidates]  # [..., R, d]
+        return item, relation * item.unsqueeze(-2)
+
+    def _score_chunk(self, user, history, mask, decay, candidates, item, keys):
+        """Scores of ``candidates`` ([B, C] per row, or [C] shared by all rows) with their
+        ``_candidate_keys`` ``item`` ([(B,) C, d]) and ``keys`` ([(B,) C, R, d]): [B, C]."""
+        batch, n_candidates = len(history), candidates.size(-1)
+        keys = keys.reshape(-1, n_candidates * self.n_relations, self.embedding_size).expand(batch, -1, -1)
+        logits = torch.bmm(keys, history.transpose(1, 2))  # [B, C R, L]
+        logits = logits.masked_fill(~mask.unsqueeze(1), torch.finfo(logits.dtype).min)
+        attention = logits.softmax(dim=-1).view(batch, n_candidates, self.n_relations, -1)  # [B, C, R, L]
         if decay is not None:
-            attention = attention * decay.unsqueeze(1)  # no renormalisation, as KDA
-        context = torch.einsum("bclr,bld->bcrd", attention, history)  # [B, C, R, d]
-        batch, n_candidates = context.shape[:2]
-        tokens = context.reshape(batch * n_candidates, self.n_relations, -1)
+            attention = attention * decay.transpose(1, 2).unsqueeze(1)  # no renormalisation, as KDA
+        context = torch.bmm(attention.view(batch, n_candidates * self.n_relations, -1), history)  # [B, C R, d]
+        tokens = context.view(batch * n_candidates, self.n_relations, -1)
         with torch.autocast(tokens.device.type, dtype=torch.bfloat16, enabled=self.eval_bf16 and not self.training):
-            for _ in range(self.n_layers):
+            # the first layer projects the L history vectors rather than the C R context mixtures
+            tokens = self.relation_layer(tokens, self.relation_layer.project_mixture(attention, history))
+            for _ in range(self.n_layers - 1):
                 tokens = self.relation_layer(tokens)
         tokens = tokens.float()
         pooled = tokens.mean(dim=1).view(batch, n_candidates, -1)  # [B, C, d]
@@ -265,6 +295,12 @@ class LRD(SequentialRecommender):
             self._compiled_score_chunk = torch.compile(self._score_chunk, options={"pattern_matcher": False})
         return self._compiled_score_chunk
 
+    def _candidate_blocks(self, candidates, values, size):
+        """(candidates, E[c], keys) per block of at most ``size`` candidates along the last dimension."""
+        parts = (candidates, *self._candidate_keys(candidates, values))
+        dims = (-1, candidates.dim() - 1, candidates.dim() - 1)  # the candidate axis of each part
+        return list(zip(*[part.split(size, dim=dim) for part, dim in zip(parts, dims)]))
+
     def forward(self, interaction, candidates):
         """Scores of ``candidates`` ([B, C], or [C] for every row): [B, C]. Computed in chunks of at most
         ``eval_chunk_pairs`` (row, candidate) pairs (rows x candidates), so memory stays flat for any
@@ -278,14 +314,17 @@ class LRD(SequentialRecommender):
         score_chunk = self._chunk_scorer()
         candidates_per_chunk = min(candidates.size(-1), self.eval_chunk_pairs)
         rows_per_chunk = max(1, self.eval_chunk_pairs // candidates_per_chunk)
+        shared = candidates.dim() == 1
+        if shared:  # the same candidates for every row: their keys once
+            shared_blocks = self._candidate_blocks(candidates, values, candidates_per_chunk)
         scores = []
         for start in range(0, len(item_seq), rows_per_chunk):
             rows = slice(start, start + rows_per_chunk)
             row_decay = None if decay is None else decay[rows]
-            row_candidates = candidates if candidates.dim() == 1 else candidates[rows]
+            blocks = shared_blocks if shared else self._candidate_blocks(candidates[rows], values, candidates_per_chunk)
             scores.append(torch.cat([
-                score_chunk(user[rows], history[rows], mask[rows], row_decay, values, chunk)
-                for chunk in row_candidates.split(candidates_per_chunk, dim=-1)
+                score_chunk(user[rows], history[rows], mask[rows], row_decay, chunk, item, keys)
+                for chunk, item, keys in blocks
             ], dim=-1))
         return torch.cat(scores, dim=0)
 
