@@ -295,12 +295,6 @@ class LRD(SequentialRecommender):
             self._compiled_score_chunk = torch.compile(self._score_chunk, options={"pattern_matcher": False})
         return self._compiled_score_chunk
 
-    def _candidate_blocks(self, candidates, values, size):
-        """(candidates, E[c], keys) per block of at most ``size`` candidates along the last dimension."""
-        parts = (candidates, *self._candidate_keys(candidates, values))
-        dims = (-1, candidates.dim() - 1, candidates.dim() - 1)  # the candidate axis of each part
-        return list(zip(*[part.split(size, dim=dim) for part, dim in zip(parts, dims)]))
-
     def forward(self, interaction, candidates):
         """Scores of ``candidates`` ([B, C], or [C] for every row): [B, C]. Computed in chunks of at most
         ``eval_chunk_pairs`` (row, candidate) pairs (rows x candidates), so memory stays flat for any
@@ -314,19 +308,23 @@ class LRD(SequentialRecommender):
         score_chunk = self._chunk_scorer()
         candidates_per_chunk = min(candidates.size(-1), self.eval_chunk_pairs)
         rows_per_chunk = max(1, self.eval_chunk_pairs // candidates_per_chunk)
-        shared = candidates.dim() == 1
-        if shared:  # the same candidates for every row: their keys once
-            shared_blocks = self._candidate_blocks(candidates, values, candidates_per_chunk)
-        scores = []
-        for start in range(0, len(item_seq), rows_per_chunk):
-            rows = slice(start, start + rows_per_chunk)
+        row_blocks = [slice(start, start + rows_per_chunk) for start in range(0, len(item_seq), rows_per_chunk)]
+
+        def score_block(rows, chunk, item, keys):
             row_decay = None if decay is None else decay[rows]
-            blocks = shared_blocks if shared else self._candidate_blocks(candidates[rows], values, candidates_per_chunk)
-            scores.append(torch.cat([
-                score_chunk(user[rows], history[rows], mask[rows], row_decay, chunk, item, keys)
-                for chunk, item, keys in blocks
-            ], dim=-1))
-        return torch.cat(scores, dim=0)
+            return score_chunk(user[rows], history[rows], mask[rows], row_decay, chunk, item, keys)
+
+        if candidates.dim() == 1:  # shared by every row: each block's keys once, for all rows
+            columns = []
+            for chunk in candidates.split(candidates_per_chunk):
+                item, keys = self._candidate_keys(chunk, values)
+                columns.append(torch.cat([score_block(rows, chunk, item, keys) for rows in row_blocks]))
+            return torch.cat(columns, dim=-1)
+        return torch.cat([
+            torch.cat([score_block(rows, chunk, *self._candidate_keys(chunk, values))
+                       for chunk in candidates[rows].split(candidates_per_chunk, dim=-1)], dim=-1)
+            for rows in row_blocks
+        ])
 
     # ----- losses -------------------------------------------------------------------------
     def _random_items(self, shape):
