@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 from recbole.config import Config
 from recbole.data import create_dataset, data_preparation
 from recbole.model.sequential_recommender.sasrec import SASRec
@@ -13,7 +14,7 @@ from recbole.quick_start import run_recbole
 from recbole.utils import get_trainer, init_seed
 
 from recbole_ext.model import tedrec as tedrec_module
-from recbole_ext.model.layers import FrequencyFusion, MoEAdaptorLayer
+from recbole_ext.model.layers import FastDropout, FrequencyFusion, MoEAdaptorLayer
 from recbole_ext.model.tedrec import TedRec
 
 
@@ -166,6 +167,35 @@ def test_expert_dropout_rate_and_scale():
     assert abs(1 - kept.float().mean().item() - 0.2) < 0.005
     torch.testing.assert_close(dropped[kept], (x / 0.8).expand_as(dropped)[kept])
     assert torch.equal(moe.eval().expert_dropout(x), x.expand(4, -1, -1))
+
+
+@pytest.mark.parametrize("p", [0.5, 0.2])
+def test_fast_dropout_rate_scale_and_gradient(p):
+    torch.manual_seed(0)
+    x = (torch.rand(64, 50, 32) + 0.5).requires_grad_()  # no zeros of its own
+    dropout = FastDropout(p).train()
+    out = dropout(x)
+    kept = out != 0
+    assert abs(1 - kept.float().mean().item() - p) < 0.005
+    torch.testing.assert_close(out[kept], (x / (1 - p))[kept])
+    out.sum().backward()
+    torch.testing.assert_close(x.grad, kept.float() / (1 - p))
+    assert not torch.equal(dropout(x), out)  # a fresh mask per call
+    assert dropout.eval()(x) is x
+
+
+def test_fast_dropout_edge_probabilities_keep_torch_behaviour():
+    x = torch.rand(4, 5) + 0.5
+    assert torch.equal(FastDropout(0.0).train()(x), x)
+    assert torch.equal(FastDropout(1.0).train()(x), torch.zeros_like(x))
+
+
+def test_every_dropout_of_the_sasrec_part_is_fast(prepared):
+    config, model, _, _ = prepared
+    dropouts = [m for m in model.modules() if isinstance(m, nn.Dropout)]
+    assert all(type(m) is FastDropout for m in dropouts)
+    assert len(dropouts) == 1 + 3 * config["n_layers"]  # input; attention probs, attention out, FFN
+    assert {m.p for m in dropouts} == {config["hidden_dropout_prob"], config["attn_dropout_prob"]}
 
 
 def test_per_item_moe_equals_per_position_moe_in_eval(prepared):

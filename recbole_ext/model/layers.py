@@ -7,6 +7,41 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def random_keep_mask(shape, drop_prob, device):
+    """Boolean mask that is False with probability ``drop_prob``, from 16 random bits per element.
+
+    Four 16-bit uniforms per 64-bit word of the generator cost about a quarter of torch's
+    one-float-per-element Bernoulli sampling on CPU, where dropout masks are a large part of a
+    small model's training step. ``drop_prob`` is rounded to a multiple of 1/65536: exact for
+    0.5, 0.2 -> 0.199997.
+    """
+    n_elements = math.prod(shape)
+    words = torch.randint(-(2**63), 2**63 - 1, ((n_elements + 3) // 4,), dtype=torch.int64, device=device)
+    uniform16 = words.view(torch.int16)[:n_elements].view(shape)  # uniform on [-2^15, 2^15)
+    return uniform16 >= round(drop_prob * 2**16) - 2**15
+
+
+class FastDropout(nn.Dropout):
+    """``nn.Dropout`` whose CPU masks come from :func:`random_keep_mask` (same distribution, p
+    rounded to 1/65536; forward + backward about 4x faster on 2 CPU cores). Other devices, in-place
+    use and p in {0, 1} keep PyTorch's own kernel."""
+
+    def forward(self, x):
+        if not self.training or self.inplace or x.device.type != "cpu" or not 0 < self.p < 1:
+            return super().forward(x)
+        keep = random_keep_mask(x.shape, self.p, x.device)
+        return x * (keep.to(x.dtype) * (1.0 / (1.0 - self.p)))
+
+
+def use_fast_dropout(module):
+    """Replace every ``nn.Dropout`` inside ``module`` (e.g. RecBole's Transformer) by :class:`FastDropout`."""
+    for name, child in module.named_children():
+        if type(child) is nn.Dropout:
+            setattr(module, name, FastDropout(child.p, child.inplace))
+        else:
+            use_fast_dropout(child)
+
+
 class MoEAdaptorLayer(nn.Module):
     """Dense softmax mixture of position-biased linear experts with noisy gating in training.
 
@@ -24,7 +59,6 @@ class MoEAdaptorLayer(nn.Module):
         self.n_exps = n_exps
         self.noisy_gating = noise
         self.dropout_prob = dropout
-        self.drop_threshold = round(dropout * 2**16) - 2**15  # P(uniform16 < threshold) ~ dropout
         self.expert_bias = nn.Parameter(torch.zeros(n_exps, max_seq_length, input_size))
         self.expert_weight = nn.Parameter(torch.empty(n_exps, input_size, output_size))
         nn.init.normal_(self.expert_weight, mean=0.0, std=initializer_range)
@@ -35,17 +69,11 @@ class MoEAdaptorLayer(nn.Module):
         """Inverted dropout of ``n_exps`` copies of ``x``, each with its own mask.
 
         The masks are the bulk of the adapter's training cost (K copies of every text vector), so
-        each element takes 16 random bits: four per 64-bit draw of the generator, about 3.5x faster
-        on CPU than one float per element. The drop probability is thereby rounded to a multiple
-        of 1/65536 (0.2 -> 0.199997).
+        they come from :func:`random_keep_mask` (drop probability rounded to 1/65536: 0.2 -> 0.199997).
         """
         if not self.training or self.dropout_prob == 0:
             return x.unsqueeze(0).expand(self.n_exps, *x.shape)
-        shape = (self.n_exps, *x.shape)
-        n_bits16 = math.prod(shape)
-        words = torch.randint(-(2**63), 2**63 - 1, ((n_bits16 + 3) // 4,), dtype=torch.int64, device=x.device)
-        uniform16 = words.view(torch.int16)[:n_bits16].view(shape)  # uniform on [-2^15, 2^15)
-        keep = uniform16 >= self.drop_threshold
+        keep = random_keep_mask((self.n_exps, *x.shape), self.dropout_prob, x.device)
         return x / (1.0 - self.dropout_prob) * keep
 
     def gates(self, x):  # x: [..., input_size] -> [..., n_exps]

@@ -17,7 +17,7 @@ from torch import nn
 from recbole.model.sequential_recommender.sasrec import SASRec
 
 from recbole_ext.data.text_features import load_item_text_embeddings
-from recbole_ext.model.layers import FrequencyFusion, MoEAdaptorLayer
+from recbole_ext.model.layers import FrequencyFusion, MoEAdaptorLayer, use_fast_dropout
 
 
 class TedRec(SASRec):
@@ -48,9 +48,12 @@ class TedRec(SASRec):
           approximation, off by default.
         * ``text_fusion: False`` (an ablation, not in the official code) drops the text branch
           (adapter and fusion), leaving SASRec trained with TedRec's cosine/temperature loss.
-        * The adapter's dropout masks take 16 random bits per element (the drop probability is
-          rounded to a multiple of 1/65536), and the fusion's real FFTs are computed as DFT matrix
-          products (the same transforms, equal to float precision); both only for speed.
+        * Every dropout mask on CPU, the adapter's and the Transformer's, takes 16 random bits per
+          element (:func:`~recbole_ext.model.layers.random_keep_mask`: the drop probability is
+          rounded to a multiple of 1/65536, exact for the official 0.5), and the fusion's real FFTs
+          are computed as DFT matrix products (the same transforms, equal to float precision); both
+          only for speed. The Transformer is SASRec's, so its faster masks speed up a part that
+          RecBole's SASRec shares (``text_fusion: False`` shows by how much).
     """
 
     def __init__(self, config, dataset):
@@ -71,6 +74,7 @@ class TedRec(SASRec):
         self.adaptor_dropout_scope = config["adaptor_dropout_scope"] or "position"
         self.text_fusion = config["text_fusion"] is not False
         self._check_config()
+        use_fast_dropout(self)  # SASRec's input and Transformer dropouts
         if not self.text_fusion:  # ablation: SASRec with TedRec's cosine/temperature loss
             return
 
