@@ -5,7 +5,9 @@
 Builds each model of ``props/benchmarks/ml-100k.yaml`` on the same training batches and runs one
 optimiser step (loss, backward, Adam) per model and batch, alternating models batch by batch so that
 machine noise hits all of them alike. Prints the median milliseconds per batch and the ratio to the
-first model. Other ``--key=value`` flags override the config, e.g. ``--hidden_size=300``.
+first model. A label with the suffix ``:torch-dropout`` (``TedRec-fast:torch-dropout``) is that model
+with PyTorch's ``nn.Dropout`` in place of the plugin's ``FastDropout``. Other ``--key=value`` flags
+override the config, e.g. ``--hidden_size=300``.
 """
 
 import argparse
@@ -16,6 +18,18 @@ import time
 import torch
 
 WARMUP_BATCHES = 5
+TORCH_DROPOUT = ":torch-dropout"
+
+
+def use_torch_dropout(module):
+    """Undo ``use_fast_dropout``: every ``FastDropout`` back to ``nn.Dropout``."""
+    from recbole_ext.model.layers import FastDropout
+
+    for name, child in module.named_children():
+        if isinstance(child, FastDropout):
+            setattr(module, name, torch.nn.Dropout(child.p, child.inplace))
+        else:
+            use_torch_dropout(child)
 
 
 def main():
@@ -36,11 +50,13 @@ def main():
     print(f"torch threads: {torch.get_num_threads()}")
     runs, train_data = [], None
     for label in args.models.split(","):
-        model_name, config_dict = model_and_config(bench, label)
+        model_name, config_dict = model_and_config(bench, label.removesuffix(TORCH_DROPOUT))
         config = Config(model=model_name, dataset=bench["dataset"], config_dict=config_dict)
         init_seed(config["seed"], config["reproducibility"])
         train_data, _, _ = data_preparation(config, create_dataset(config))
         model = get_model(model_name)(config, train_data._dataset).to(config["device"]).train()
+        if label.endswith(TORCH_DROPOUT):
+            use_torch_dropout(model)
         optimizer = torch.optim.Adam(model.parameters(), lr=config["learning_rate"])
         runs.append((label, model, optimizer, []))
     batches = [batch for _, batch in zip(range(args.batches + WARMUP_BATCHES), train_data)]
