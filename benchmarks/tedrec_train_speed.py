@@ -21,17 +21,6 @@ WARMUP_BATCHES = 5
 TORCH_DROPOUT = ":torch-dropout"
 
 
-def use_torch_dropout(module):
-    """Undo ``use_fast_dropout``: every ``FastDropout`` back to ``nn.Dropout``."""
-    from recbole_ext.model.layers import FastDropout
-
-    for name, child in module.named_children():
-        if isinstance(child, FastDropout):
-            setattr(module, name, torch.nn.Dropout(child.p, child.inplace))
-        else:
-            use_torch_dropout(child)
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="SASRec,TedRec-fast,TedRec")
@@ -44,6 +33,7 @@ def main():
     from recbole.utils import get_model, init_seed
 
     from recbole_ext.benchmark import load_benchmark, model_and_config
+    from recbole_ext.model.layers import set_dropout_class
 
     bench = load_benchmark("ml-100k")
     sys.argv = [sys.argv[0], *overrides]  # RecBole's Config reads --key=value itself
@@ -56,7 +46,7 @@ def main():
         train_data, _, _ = data_preparation(config, create_dataset(config))
         model = get_model(model_name)(config, train_data._dataset).to(config["device"]).train()
         if label.endswith(TORCH_DROPOUT):
-            use_torch_dropout(model)
+            set_dropout_class(model, torch.nn.Dropout)
         optimizer = torch.optim.Adam(model.parameters(), lr=config["learning_rate"])
         runs.append((label, model, optimizer, []))
     batches = [batch for _, batch in zip(range(args.batches + WARMUP_BATCHES), train_data)]

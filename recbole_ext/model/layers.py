@@ -33,13 +33,15 @@ class FastDropout(nn.Dropout):
         return x * (keep.to(x.dtype) * (1.0 / (1.0 - self.p)))
 
 
-def use_fast_dropout(module):
-    """Replace every ``nn.Dropout`` inside ``module`` (e.g. RecBole's Transformer) by :class:`FastDropout`."""
+def set_dropout_class(module, dropout_class):
+    """Make every dropout inside ``module`` (e.g. RecBole's Transformer) a ``dropout_class`` with the
+    same p: :class:`FastDropout` for speed, ``nn.Dropout`` to go back."""
     for name, child in module.named_children():
-        if type(child) is nn.Dropout:
-            setattr(module, name, FastDropout(child.p, child.inplace))
+        if isinstance(child, nn.Dropout):
+            if type(child) is not dropout_class:
+                setattr(module, name, dropout_class(child.p, child.inplace))
         else:
-            use_fast_dropout(child)
+            set_dropout_class(child, dropout_class)
 
 
 class MoEAdaptorLayer(nn.Module):

@@ -17,7 +17,7 @@ from torch import nn
 from recbole.model.sequential_recommender.sasrec import SASRec
 
 from recbole_ext.data.text_features import load_item_text_embeddings
-from recbole_ext.model.layers import FrequencyFusion, MoEAdaptorLayer, use_fast_dropout
+from recbole_ext.model.layers import FastDropout, FrequencyFusion, MoEAdaptorLayer, set_dropout_class
 
 
 class TedRec(SASRec):
@@ -74,7 +74,7 @@ class TedRec(SASRec):
         self.adaptor_dropout_scope = config["adaptor_dropout_scope"] or "position"
         self.text_fusion = config["text_fusion"] is not False
         self._check_config()
-        use_fast_dropout(self)  # SASRec's input and Transformer dropouts
+        set_dropout_class(self, FastDropout)  # SASRec's input and Transformer dropouts
         if not self.text_fusion:  # ablation: SASRec with TedRec's cosine/temperature loss
             return
 
