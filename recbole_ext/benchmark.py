@@ -316,7 +316,11 @@ def write_summary(records, models, output_dir):
         lines += _probe_table(by_model)
         for mode in sorted({mode for r in ok for mode in r.get("test_modes", {})}):
             lines += ["", f"Test in eval mode `{mode}` (the same best checkpoints):", ""]
-            lines += _mode_table(by_model, baseline, mode)
+            lines += _metric_table(by_model, baseline, mode, lambda r, mode=mode: r.get("test_modes", {}).get(mode))
+        if any(r.get("valid") for r in by_model[baseline]):
+            lines += ["", "Validation at the best epoch (early stopping picked that epoch by this score, so it "
+                      "is optimistic for every model):", ""]
+            lines += _metric_table(by_model, baseline, "valid", lambda r: r.get("valid"))
         _plot(by_model, metrics, os.path.join(output_dir, "metrics.png"))
     for r in failed:
         lines += ["", f"FAILED: {r['model']} seed {r['seed']} (see runs/{r['model']}-seed{r['seed']}/run.log)"]
@@ -339,15 +343,15 @@ def _probe_table(by_model):
             "|---|---|---|---|", *rows]
 
 
-def _mode_table(by_model, baseline, mode):
-    """mean ± std (ratio to the baseline) of the test metrics of an extra test mode."""
+def _metric_table(by_model, baseline, label, results_of):
+    """mean ± std (ratio to the baseline) of the metric dict ``results_of(run)`` (None: not measured)."""
     def values(runs, k):
-        return [r["test_modes"][mode][k] for r in runs if mode in r.get("test_modes", {})]
+        return [results_of(r)[k] for r in runs if results_of(r) is not None]
 
-    base_runs = [r for r in by_model[baseline] if mode in r.get("test_modes", {})]
-    metrics = list(base_runs[0]["test_modes"][mode]) if base_runs else []
+    base_runs = [r for r in by_model[baseline] if results_of(r) is not None]
+    metrics = list(results_of(base_runs[0])) if base_runs else []
     base = {k: _mean_std(values(base_runs, k))[0] for k in metrics}
-    lines = ["| model | seeds | " + " | ".join(f"{mode} {k}" for k in metrics) + " |",
+    lines = ["| model | seeds | " + " | ".join(f"{label} {k}" for k in metrics) + " |",
              "|" + "---|" * (len(metrics) + 2)]
     for m, runs in by_model.items():
         n = len(values(runs, metrics[0])) if metrics else 0

@@ -67,6 +67,9 @@ def test_two_model_two_seed_smoke_benchmark(tiny_config, tmp_path, capsys):
     assert "| SASRec | 2 |" in summary and "| TedRec-fast | 2 |" in summary
     assert "ttest_rel" in summary and "x)" in summary
     assert "Test in eval mode `uni100`" in summary and "| uni100 recall@10 |" in summary
+    assert "| valid recall@10 | valid recall@20 | valid ndcg@10 | valid ndcg@20 |" in summary
+    valid_rows = summary.split("Validation at the best epoch")[1]
+    assert "| SASRec | 2 |" in valid_rows and "(1.00x)" in valid_rows
     assert (out / "metrics.png").stat().st_size > 1000
 
     # Re-running skips finished runs; a crashing run is recorded and the rest go on.
