@@ -49,10 +49,10 @@ class TedRec(SASRec):
         * ``text_fusion: False`` (an ablation, not in the official code) drops the text branch
           (adapter and fusion), leaving SASRec trained with TedRec's cosine/temperature loss.
         * The adapter's dropout masks, and on CPU also those of SASRec's input and Transformer, take
-          16 random bits per element (:func:`~recbole_ext.model.layers.random_keep_mask`: the drop probability is
-          rounded to a multiple of 1/65536, exact for the official 0.5), and the fusion's real FFTs
-          are computed as DFT matrix products (the same transforms, equal to float precision); both
-          only for speed. The Transformer is SASRec's, so its faster masks speed up a part that
+          16 random bits per element (:func:`~recbole_ext.model.layers.random_keep_mask`: the drop
+          probability is rounded to a multiple of 1/65536, exact for the official 0.5), and the
+          fusion's real FFTs are computed as DFT matrix products (the same transforms, equal to float
+          precision); both only for speed. The Transformer is SASRec's, so its faster masks speed up a part that
           RecBole's SASRec shares (``text_fusion: False`` shows by how much).
     """
 
