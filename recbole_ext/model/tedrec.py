@@ -52,8 +52,8 @@ class TedRec(SASRec):
           16 random bits per element (:func:`~recbole_ext.model.layers.random_keep_mask`: the drop
           probability is rounded to a multiple of 1/65536, exact for the official 0.5), and the
           fusion's real FFTs are computed as DFT matrix products (the same transforms, equal to float
-          precision); both only for speed. The Transformer is SASRec's, so its faster masks speed up a part that
-          RecBole's SASRec shares (``text_fusion: False`` shows by how much).
+          precision); both only for speed. The Transformer is SASRec's, so its faster masks speed up
+          a part that RecBole's SASRec shares (``text_fusion: False`` shows by how much).
     """
 
     def __init__(self, config, dataset):
