@@ -7,8 +7,9 @@ denormal floats to zero (``torch.set_flush_denormal``).
 saved for it (e.g. under a harness run's ``runs/<label>-seed<seed>/saved/``; ``none`` keeps the
 untrained weights as a control). ``early`` flushes before any PyTorch work, so the intra-op worker
 threads inherit the mode; ``late`` flushes just before the model is built, after RecBole's data
-preparation, as a model or trainer could; ``off`` never flushes. Prints the checkpoint's denormal
-parameters and the median seconds of 4 training steps (loss, backward, Adam at lr 0) and of 8
+preparation, as a model or trainer could; ``off`` never flushes. Prints the model's denormal
+parameters once the checkpoint is loaded (with ``early`` the copy into the model already flushes
+them) and the median seconds of 4 training steps (loss, backward, Adam at lr 0) and of 8
 validation users' full ranking, over ``--rounds`` rounds.
 """
 
