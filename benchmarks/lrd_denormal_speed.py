@@ -5,15 +5,17 @@ denormal floats to zero (``torch.set_flush_denormal``).
 
 ``--model`` is a label of ``props/benchmarks/lrd-ml-100k.yaml`` and ``PATH`` a checkpoint RecBole
 saved for it (e.g. under a harness run's ``runs/<label>-seed<seed>/saved/``; ``none`` keeps the
-untrained weights as a control). ``early`` flushes before any PyTorch work, so the intra-op worker
-threads inherit the mode; ``late`` flushes just before the model is built, after RecBole's data
-preparation, as a model or trainer could; ``off`` never flushes. Prints the model's denormal
+untrained weights as a control). ``early`` flushes before any PyTorch work, as ``import recbole_ext``
+does by default, so the intra-op worker threads inherit the mode; ``late`` flushes just before the
+model is built, after RecBole's data preparation, as a model or trainer could; ``off`` never flushes
+(``RECBOLE_EXT_FLUSH_DENORMAL=0``). Prints the model's denormal
 parameters once the checkpoint is loaded (with ``early`` the copy into the model already flushes
 them) and the median seconds of 4 training steps (loss, backward, Adam at lr 0) and of 8
 validation users' full ranking, over ``--rounds`` rounds.
 """
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -38,10 +40,10 @@ def main():
     parser.add_argument("--flush", choices=("early", "late", "off"), required=True)
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
-    if args.flush == "early":
-        torch.set_flush_denormal(True)
+    if args.flush != "early":
+        os.environ["RECBOLE_EXT_FLUSH_DENORMAL"] = "0"
 
-    import recbole_ext  # noqa: F401  (compat layer + registration)
+    import recbole_ext  # noqa: F401  (compat layer, denormal flush unless switched off, registration)
     from recbole.config import Config
     from recbole.data import create_dataset, data_preparation
     from recbole.utils import get_model, init_seed

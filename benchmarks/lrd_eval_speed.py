@@ -1,10 +1,11 @@
 """Seconds for one full-ranking evaluation of the ml-100k validation set, per LRD variant.
 
-    python benchmarks/lrd_eval_speed.py [--models=RCF,RCF+LRD,KDA,KDA+LRD] [--mode=full] [--repeat=1] [--key=value ...]
+    python benchmarks/lrd_eval_speed.py [--models=RCF,RCF+LRD,KDA,KDA+LRD] [--mode=full] [--repeat=1] [--checkpoint=PATH] [--key=value ...]
 
-Builds each variant of ``props/benchmarks/lrd-ml-100k.yaml`` (untrained weights: the cost does not
-depend on them), sets the validation eval mode (``full``: 943 users x 1,683 items; or e.g. ``uni100``)
-and times RecBole's own ``Trainer.evaluate`` on the whole validation split, ``--repeat`` times in a
+Builds each variant of ``props/benchmarks/lrd-ml-100k.yaml`` with untrained weights, or with one
+model's trained checkpoint (``--checkpoint``, one label in ``--models``: trained weights can hold
+denormal floats, slow unless flushed, see ``recbole_ext.denormals``), sets the validation eval mode
+(``full``: 943 users x 1,683 items; or e.g. ``uni100``) and times RecBole's own ``Trainer.evaluate`` on the whole validation split, ``--repeat`` times in a
 row (the first pass of ``--eval_compile=True`` includes compiling). Other ``--key=value`` flags
 override the config, e.g. ``--eval_chunk_pairs=4096``.
 """
@@ -21,7 +22,10 @@ def main():
     parser.add_argument("--models", default="RCF,RCF+LRD,KDA,KDA+LRD")
     parser.add_argument("--mode", default="full", help="RecBole eval mode of the validation split")
     parser.add_argument("--repeat", type=int, default=1, help="evaluations timed in a row per model")
+    parser.add_argument("--checkpoint", default=None, help="a RecBole checkpoint of the one model timed")
     args, overrides = parser.parse_known_args()
+    if args.checkpoint and "," in args.models:
+        parser.error("--checkpoint needs exactly one label in --models")
 
     import recbole_ext  # noqa: F401  (compat layer + registration)
     from recbole.config import Config
@@ -40,6 +44,8 @@ def main():
         init_seed(config["seed"], config["reproducibility"])
         train_data, valid_data, _ = data_preparation(config, create_dataset(config))
         model = get_model(model_name)(config, train_data._dataset).to(config["device"])
+        if args.checkpoint:
+            model.load_state_dict(torch.load(args.checkpoint, weights_only=False)["state_dict"])
         trainer = get_trainer(config["MODEL_TYPE"], model_name)(config, model)
         seconds = []
         for _ in range(args.repeat):
@@ -49,7 +55,7 @@ def main():
         print(f"{label}: {model.n_relations} relation tokens, eval_chunk_pairs {config['eval_chunk_pairs']}, "
               f"eval_compile {config['eval_compile']}: {args.mode} validation of {valid_data._dataset.user_num - 1} "
               f"users ({model.n_items} items) in {' / '.join(seconds)} s "
-              f"(valid ndcg@10 {result['ndcg@10']:.4f}, untrained)", flush=True)
+              f"(valid ndcg@10 {result['ndcg@10']:.4f}, {'trained' if args.checkpoint else 'untrained'})", flush=True)
 
 
 if __name__ == "__main__":

@@ -1,13 +1,15 @@
 """recbole_ext: text- and LLM-enhanced sequential recommenders as a RecBole 1.2.1 plugin.
 
-Importing the package makes RecBole work on the current stack (``recbole_ext.compat``) and
-registers every model, so RecBole's own entry points (``run_recbole``, ``objective_function``,
+Importing the package makes RecBole work on the current stack (``recbole_ext.compat``), flushes
+denormal floats to zero on the CPU (``recbole_ext.denormals``; import it before any PyTorch work)
+and registers every model, so RecBole's own entry points (``run_recbole``, ``objective_function``,
 ``load_data_and_model``, ``HyperTuning``, DDP) accept ``model='TedRec'``.
 """
 
-from recbole_ext import compat
+from recbole_ext import compat, denormals
 
 compat.apply()
+denormals.flush_if_enabled()
 
 from recbole_ext.registry import register_model, registered_models  # noqa: E402
 from recbole_ext.model import MODELS  # noqa: E402
