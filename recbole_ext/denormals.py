@@ -3,8 +3,8 @@
 Training leaves a few float32 weights in the denormal range (below ~1.2e-38): weights whose data
 gradient stays zero decay geometrically under Adam's L2 term. x86 CPUs compute on denormals through
 a slow microcode path, so a trained model can train and rank up to 2x slower than an untrained one
-(README, "Denormal floats slow trained LRD models on CPU"). Flushing them to zero changes no result
-above float32's smallest normal number.
+(README, "Denormal floats slow trained LRD models on CPU"). Flushing touches only values below
+float32's smallest normal number.
 
 The flush-to-zero mode is per thread, and PyTorch's intra-op worker threads copy it from the main
 thread when they start, at the first parallel operation. Set later (in a model's ``__init__``, after
