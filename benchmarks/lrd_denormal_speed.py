@@ -8,10 +8,10 @@ saved for it (e.g. under a harness run's ``runs/<label>-seed<seed>/saved/``; ``n
 untrained weights as a control). ``early`` flushes before any PyTorch work, as ``import recbole_ext``
 does by default, so the intra-op worker threads inherit the mode; ``late`` flushes just before the
 model is built, after RecBole's data preparation, as a model or trainer could; ``off`` never flushes
-(``RECBOLE_EXT_FLUSH_DENORMAL=0``). Prints the model's denormal
-parameters once the checkpoint is loaded (with ``early`` the copy into the model already flushes
-them) and the median seconds of 4 training steps (loss, backward, Adam at lr 0) and of 8
-validation users' full ranking, over ``--rounds`` rounds.
+(``RECBOLE_EXT_FLUSH_DENORMAL=0``). Prints the model's denormal parameters once the checkpoint is
+loaded (with ``early`` the copy into the model already flushes them) and the median seconds of 4
+training steps (loss, backward, Adam at lr 0) and of 8 validation users' full ranking, over
+``--rounds`` rounds.
 """
 
 import argparse

@@ -5,9 +5,9 @@
 Builds each variant of ``props/benchmarks/lrd-ml-100k.yaml`` with untrained weights, or with one
 model's trained checkpoint (``--checkpoint``, one label in ``--models``: trained weights can hold
 denormal floats, slow unless flushed, see ``recbole_ext.denormals``), sets the validation eval mode
-(``full``: 943 users x 1,683 items; or e.g. ``uni100``) and times RecBole's own ``Trainer.evaluate`` on the whole validation split, ``--repeat`` times in a
-row (the first pass of ``--eval_compile=True`` includes compiling). Other ``--key=value`` flags
-override the config, e.g. ``--eval_chunk_pairs=4096``.
+(``full``: 943 users x 1,683 items; or e.g. ``uni100``) and times RecBole's own ``Trainer.evaluate``
+on the whole validation split, ``--repeat`` times in a row (the first pass of ``--eval_compile=True``
+includes compiling). Other ``--key=value`` flags override the config, e.g. ``--eval_chunk_pairs=4096``.
 """
 
 import argparse
