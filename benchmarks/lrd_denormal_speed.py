@@ -40,7 +40,7 @@ def main():
     parser.add_argument("--flush", choices=("early", "late", "off"), required=True)
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
-    if args.flush != "early":
+    if args.flush != "early":  # recbole_ext.denormals.FLUSH_ENV; importing it would already flush
         os.environ["RECBOLE_EXT_FLUSH_DENORMAL"] = "0"
 
     import recbole_ext  # noqa: F401  (compat layer, denormal flush unless switched off, registration)

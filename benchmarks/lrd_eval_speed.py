@@ -27,7 +27,7 @@ def main():
     if args.checkpoint and "," in args.models:
         parser.error("--checkpoint needs exactly one label in --models")
 
-    import recbole_ext  # noqa: F401  (compat layer + registration)
+    import recbole_ext  # noqa: F401  (compat layer, denormal flush, registration)
     from recbole.config import Config
     from recbole.data import create_dataset, data_preparation
     from recbole.utils import get_model, get_trainer, init_seed
