@@ -236,6 +236,7 @@ def run_single(spec_path):
         "best_epoch": saved_epochs[-1] if saved_epochs else None,
         "params": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "eval_seconds": eval_seconds,
+        "denormals_flushed": recbole_ext.denormals.flushing,
     }
     if test_modes:
         record["test_modes"] = test_modes

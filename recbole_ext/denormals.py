@@ -18,12 +18,13 @@ made without the flush).
 import os
 
 FLUSH_ENV = "RECBOLE_EXT_FLUSH_DENORMAL"
+flushing = False  # whether this process flushes denormals (set at import; the harness records it)
 
 
 def flush_if_enabled():
     """Flush denormals unless ``RECBOLE_EXT_FLUSH_DENORMAL=0``; True if the CPU now flushes them."""
+    global flushing
     import torch
 
-    if os.environ.get(FLUSH_ENV, "1").strip() == "0":
-        return False
-    return torch.set_flush_denormal(True)
+    flushing = os.environ.get(FLUSH_ENV, "1").strip() != "0" and torch.set_flush_denormal(True)
+    return flushing

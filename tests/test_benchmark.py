@@ -8,7 +8,7 @@ import yaml
 from recbole_ext.benchmark import load_benchmark, main, model_and_config
 
 RECORD_FIELDS = {"model", "dataset", "seed", "valid", "test", "epoch_seconds", "epochs", "best_epoch",
-                 "params", "eval_seconds"}
+                 "params", "eval_seconds", "denormals_flushed"}
 
 
 def test_packaged_benchmarks_load():
@@ -57,6 +57,7 @@ def test_two_model_two_seed_smoke_benchmark(tiny_config, tmp_path, capsys):
         assert set(record["test_modes"]["uni100"]) == set(record["test"])  # same checkpoint, sampled test
         assert record["test_modes"]["uni100"]["recall@10"] > record["test"]["recall@10"]
         assert record["epochs"] == 2 and record["epoch_seconds"] > 0 and record["params"] > 0
+        assert isinstance(record["denormals_flushed"], bool)
         run_dir = out / "runs" / f"{record['model']}-seed{record['seed']}"
         assert (run_dir / "run.log").stat().st_size > 0
         per_user = json.loads((run_dir / "per_user.json").read_text())
