@@ -8,7 +8,9 @@ reading ``recbole/properties/model/<name>.yaml``. Registration therefore
   ``load_data_and_model``, DDP workers) finds it without patching any function;
 * wraps ``Config._load_internal_config_dict`` once, so ``props/<Model>.yaml`` loads at internal
   priority: above RecBole's overall/dataset/quick-start defaults, below user files, dicts and the
-  command line;
+  command line; then ``props/quick_start/<Model>_on_<dataset>.yaml`` where one exists (the
+  counterpart of RecBole's ``quick_start_config/special_sequential_on_ml-100k.yaml``: settings that
+  only make sense for one bundled dataset);
 * checks model names in ``Config`` first, so a typo gets an error that lists the available models
   instead of RecBole's ``ModuleNotFoundError: lightgbm``.
 """
@@ -43,6 +45,11 @@ def registered_models():
 def props_path(model_name):
     """Path of the packaged ``props/<model>.yaml`` (works for editable and regular installs)."""
     return importlib.resources.files("recbole_ext.props").joinpath(f"{model_name}.yaml")
+
+
+def quick_start_path(model_name, dataset):
+    """Path of the packaged ``props/quick_start/<model>_on_<dataset>.yaml`` (it may not exist)."""
+    return importlib.resources.files("recbole_ext.props").joinpath("quick_start", f"{model_name}_on_{dataset}.yaml")
 
 
 def register_model(model_class):
@@ -119,8 +126,10 @@ def _hook_config_once():
     def _load_internal_config_dict(self, model, model_class, dataset):
         original_load(self, model, model_class, dataset)
         if model in _REGISTERED:
-            with importlib.resources.as_file(props_path(model)) as path:
-                self._update_internal_config_dict(str(path))
+            for props in (props_path(model), quick_start_path(model, dataset)):
+                if props.is_file():
+                    with importlib.resources.as_file(props) as path:
+                        self._update_internal_config_dict(str(path))
 
     def _get_model_and_dataset(self, model, dataset):
         name = model if model is not None else self.external_config_dict.get("model")

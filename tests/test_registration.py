@@ -50,6 +50,18 @@ def test_config_loads_props_and_user_config_overrides(tmp_path, monkeypatch):
     assert config["temperature"] == 0.07
 
 
+def test_dataset_quick_start_props_load_after_model_props(tmp_path):
+    config = Config(model="LRD", dataset="ml-100k")
+    assert config["kg_relations"] == ["film.film.directed_by", "film.film.written_by"]
+    assert config["attribute_fields"] == ["class", "release_year"]
+    assert config["n_latent_relations"] == 5  # the model's props still apply
+    config = Config(model="LRD", dataset="ml-100k", config_dict={"kg_relations": "auto"})
+    assert config["kg_relations"] == "auto"  # the user overrides the quick-start file
+    (tmp_path / "other").mkdir()
+    config = Config(model="LRD", dataset="other", config_dict={"data_path": str(tmp_path)})
+    assert config["kg_relations"] == "auto" and config["attribute_fields"] == []  # other datasets: props/LRD.yaml
+
+
 def test_props_do_not_leak_into_other_models():
     config = Config(model="SASRec", dataset="ml-100k", config_dict={"train_neg_sample_args": None})
     assert config["n_exps"] is None
