@@ -12,6 +12,7 @@ from recbole.utils import get_model, get_trainer, init_seed
 
 from recbole_ext.data.relations import RelationDataError, build_item_relations
 from recbole_ext.data.text_features import TextFeatureError
+from recbole_ext.model import fused_attention
 from recbole_ext.model.lrd import RelationSelfAttentionLayer
 
 DIRECTED_BY, SEQUEL = "film.film.directed_by", "film.film.sequel"
@@ -174,6 +175,78 @@ def test_projecting_the_sources_of_mixed_tokens_is_exact():
             assert torch.allclose(layer.project_mixture(weights, sources), layer.project(tokens), atol=1e-5)
 
 
+@pytest.mark.parametrize("n_tokens", [1, 10, 23])  # 23: more query tokens than vector lanes
+@pytest.mark.parametrize("n_heads,head_size", [(2, 8), (4, 16), (2, 32), (1, 64)])
+def test_fused_attention_kernel_equals_the_pytorch_layer(n_tokens, n_heads, head_size):
+    kernel = fused_attention.load_relation_attention()
+    assert kernel is not None, "the kernel must build where tests run (C++ compiler + ninja)"
+    layer = RelationSelfAttentionLayer(hidden_size=n_heads * head_size, n_heads=n_heads, dropout_prob=0.0)
+    for parameter in layer.parameters():
+        torch.nn.init.normal_(parameter, std=0.5)  # peaked attention
+    tokens = torch.randn(7, n_tokens, n_heads * head_size)
+    weights, sources = torch.rand(7, 1, n_tokens, 5), torch.randn(7, 5, n_heads * head_size)  # first-layer mixture
+    mixed = (weights.flatten(1, 2) @ sources).view(7, n_tokens, -1)
+    with torch.no_grad():
+        assert torch.allclose(layer(tokens, attention_kernel=kernel), layer(tokens), atol=1e-5)
+        assert torch.allclose(layer(mixed, (weights, sources), kernel), layer(mixed), atol=1e-5)
+    with torch.enable_grad():  # training keeps the differentiable ops
+        output = layer(tokens, attention_kernel=kernel)
+    assert output.requires_grad and torch.allclose(output, layer(tokens), atol=1e-5)
+
+
+def test_fused_attention_kernel_reads_strided_rows_and_rejects_bad_input():
+    kernel = fused_attention.load_relation_attention()
+    query, key, value = torch.randn(3, 4, 2, 10, 8)  # each [rows, heads, tokens, head_size]
+    expected = torch.nn.functional.scaled_dot_product_attention(query, key, value, scale=1.0)
+    qkv = torch.stack([query, key, value], 2).permute(0, 3, 2, 1, 4).reshape(40, 48)  # rows q | k | v
+    padded = torch.cat([qkv, torch.randn(40, 5)], dim=1)[:, :48]  # row stride 53
+    for rows in (qkv, padded):
+        assert torch.allclose(kernel(rows, 10, 2).view(4, 10, 2, 8), expected.transpose(1, 2), atol=1e-5)
+    with pytest.raises(RuntimeError, match="float32"):
+        kernel(qkv.double(), 10, 2)
+    with pytest.raises(RuntimeError, match="multiple of n_tokens"):
+        kernel(qkv, 7, 2)
+    with pytest.raises(RuntimeError, match="head sizes 8, 16, 32 and 64, got 12"):
+        kernel(torch.randn(10, 72), 10, 2)
+
+
+def test_fused_evaluation_gives_the_pytorch_scores(lrd_config):
+    _, _, model, train, valid = _build(lrd_config, backbone="kda")
+    assert model.eval_fused_attention
+    interaction = next(iter(valid))[0]
+    model.eval()
+    with torch.no_grad():
+        fused = model.full_sort_predict(interaction)
+        model.eval_fused_attention = False
+        assert torch.allclose(fused, model.full_sort_predict(interaction), atol=1e-5)
+    model.train()
+    assert model._attention_kernel(torch.zeros(1)) is None  # training: PyTorch's ops
+
+
+def test_fused_attention_falls_back_with_a_warning(lrd_config, monkeypatch, caplog):
+    from torch.utils import cpp_extension
+
+    def no_compiler(**kwargs):
+        raise RuntimeError("Error building extension: c++: not found")
+
+    monkeypatch.setattr(cpp_extension, "load", no_compiler)
+    fused_attention.load_relation_attention.cache_clear()
+    try:
+        with caplog.at_level("WARNING"):
+            _, _, model, _, valid = _build(lrd_config)
+        assert not model.eval_fused_attention
+        assert "c++: not found" in caplog.text and "eval_fused_attention: False" in caplog.text
+        model.eval()
+        with torch.no_grad():
+            assert model.full_sort_predict(next(iter(valid))[0]).isfinite().all()
+    finally:
+        fused_attention.load_relation_attention.cache_clear()
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        _, _, model, _, _ = _build(lrd_config, embedding_size=24, n_heads=2)  # head size 12: no kernel
+    assert not model.eval_fused_attention and "no kernel for head size 12" in caplog.text
+
+
 def test_compiled_evaluation_gives_the_eager_scores(lrd_config):
     _, _, model, _, valid = _build(lrd_config, backbone="kda", eval_compile=True)
     model.eval()
@@ -332,6 +405,7 @@ def test_missing_kg_files_name_what_to_add(lrd_config, tmp_path):
         ({"n_heads": 3}, ValueError, "divisible by n_heads"),
         ({"entropy_mode": "max"}, ValueError, "entropy_mode"),
         ({"eval_chunk_pairs": 0}, ValueError, "eval_chunk_pairs"),
+        ({"eval_fused_attention": "yes"}, ValueError, "eval_fused_attention must be True or False"),
         ({"train_neg_sample_args": None, "loss_type": "CE"}, ValueError, "BPR against sampled negatives"),
         ({"text_encoder": "/nonexistent/encoder", "plm_suffix": "feat1Missing"}, TextFeatureError, "encoder"),
     ],

@@ -43,6 +43,7 @@ parameters (official: none on biases).
 """
 
 import math
+from logging import getLogger
 
 import torch
 import torch.nn.functional as F
@@ -52,6 +53,8 @@ from torch import nn
 
 from recbole_ext.data.relations import build_item_relations
 from recbole_ext.data.text_features import load_item_text_embeddings
+from recbole_ext.model.fused_attention import HEAD_SIZES as FUSED_HEAD_SIZES
+from recbole_ext.model.fused_attention import load_relation_attention
 
 BACKBONES = ("rcf", "kda")
 ENTROPY_MODES = ("minimize", "maximize")
@@ -111,18 +114,35 @@ class RelationSelfAttentionLayer(nn.Module):
         qkv = torch.matmul(mixing, projected.transpose(0, 1))  # [3 heads, B, N R, d_head]
         return qkv.view(3, self.n_heads * batch * n, n_tokens, head_size)
 
-    def forward(self, tokens, qkv=None):  # [N, R, d] -> [N, R, d]
-        """``qkv``: the tokens' ``project`` when the caller computed it more cheaply."""
+    def forward(self, tokens, mixture=None, attention_kernel=None):  # [N, R, d] -> [N, R, d]
+        """``mixture``: ``(weights, sources)`` when ``tokens = weights @ sources`` (the first layer), whose
+        q, k and v are cheaper from the sources. ``attention_kernel``: the fused CPU kernel
+        (``recbole_ext.model.fused_attention``), used without gradients, else PyTorch's ops."""
         n, n_tokens, hidden = tokens.shape
-        query, key, value = self.project(tokens) if qkv is None else qkv  # each [heads * N, R, d_head]
+        if attention_kernel is not None and not torch.is_grad_enabled():
+            attended = attention_kernel(self._project_wide(tokens, mixture), n_tokens, self.n_heads)
+        else:
+            attended = self._attend(*(self.project(tokens) if mixture is None else self.project_mixture(*mixture)))
+        attended = attended.view(n, n_tokens, hidden)
+        return self.layer_norm(tokens + self.dropout(self.ffn_out(torch.relu(self.ffn_in(attended)))))
+
+    def _project_wide(self, tokens, mixture):  # -> [N R, 3d], rows q | k | v with heads in blocks
+        weight = self._head_weights().reshape(self.qkv.weight.shape)
+        if mixture is None:
+            return F.linear(tokens.flatten(0, 1), weight)
+        weights, sources = mixture  # [B, N', R, L], [B, L, d]
+        return torch.bmm(weights.flatten(1, 2), F.linear(sources, weight)).flatten(0, 1)
+
+    def _attend(self, query, key, value):  # each [heads * N, R, d_head] -> [N R, d]
         scores = torch.bmm(query, key.transpose(1, 2))  # [heads * N, R, R]
         # softmax written out: on CPU, torch.softmax (and the fused attention) over a last dimension
         # of ~10 tokens is several times slower than these element-wise passes. (Scores key-major with
         # the reductions over the middle dimension run ~4% faster eager but 2x slower compiled.)
         weights = (scores - scores.amax(-1, keepdim=True)).exp()
         attended = torch.bmm(weights / weights.sum(-1, keepdim=True), value)  # [heads * N, R, d_head]
-        attended = attended.view(self.n_heads, n, n_tokens, -1).permute(1, 2, 0, 3).reshape(n, n_tokens, hidden)
-        return self.layer_norm(tokens + self.dropout(self.ffn_out(torch.relu(self.ffn_in(attended)))))
+        n_tokens, head_size = attended.shape[1:]
+        attended = attended.view(self.n_heads, -1, n_tokens, head_size).permute(1, 2, 0, 3)
+        return attended.reshape(-1, self.n_heads * head_size)
 
 
 class LRD(SequentialRecommender):
@@ -148,6 +168,7 @@ class LRD(SequentialRecommender):
         self.eval_bf16 = config["eval_bf16"]
         self.eval_compile = config["eval_compile"]
         self._compiled_score_chunk = None
+        self.eval_fused_attention = config["eval_fused_attention"]
         self.TIME = config["TIME_FIELD"]
         self.TIME_LIST = self.TIME + config["LIST_SUFFIX"]  # RecBole's sequential data always has times
         self._check_config(config)
@@ -168,6 +189,8 @@ class LRD(SequentialRecommender):
         self.relation_embedding = nn.Embedding(self.n_relations, self.embedding_size)
         self.item_bias = nn.Embedding(self.n_items, 1)
         self.relation_layer = RelationSelfAttentionLayer(self.embedding_size, self.n_heads, self.dropout_prob)
+        if self.eval_fused_attention:
+            self.eval_fused_attention = self._fused_attention_usable(config["device"])
         if self.backbone == "kda":
             self.freq_real = nn.Embedding(self.n_relations, self.n_freq)
             self.freq_imag = nn.Embedding(self.n_relations, self.n_freq)
@@ -185,6 +208,9 @@ class LRD(SequentialRecommender):
             raise ValueError(f"entropy_mode must be one of {ENTROPY_MODES}, got {self.entropy_mode!r}.")
         if self.embedding_size % self.n_heads:
             raise ValueError(f"embedding_size ({self.embedding_size}) must be divisible by n_heads ({self.n_heads}).")
+        for key in ("eval_fused_attention", "eval_bf16", "eval_compile"):
+            if not isinstance(config[key], bool):
+                raise ValueError(f"{key} must be True or False, got {config[key]!r}.")
         for key in ("n_layers", "eval_chunk_pairs", "n_freq"):
             if not isinstance(config[key], int) or config[key] < 1:
                 raise ValueError(f"{key} must be a positive integer, got {config[key]!r}.")
@@ -212,6 +238,18 @@ class LRD(SequentialRecommender):
         counts = torch.bincount(relations.value_entity, minlength=self.n_entities)
         self.register_buffer("value_offsets", F.pad(torch.cumsum(counts, 0), (1, 0)), persistent=False)
         self.register_buffer("value_members", relations.value_item[order], persistent=False)
+
+    def _fused_attention_usable(self, device):
+        """Whether the fused CPU attention kernel can serve this model; on a CPU device it is built (or
+        loaded from the cache) now, before training, rather than inside the first evaluation."""
+        head_size = self.embedding_size // self.n_heads
+        if head_size not in FUSED_HEAD_SIZES:
+            getLogger().warning(
+                f"eval_fused_attention: no kernel for head size {head_size} (embedding_size / n_heads; "
+                f"kernels exist for {FUSED_HEAD_SIZES}): evaluation uses PyTorch's ops (same scores, slower)."
+            )
+            return False
+        return device.type != "cpu" or load_relation_attention() is not None
 
     def _fact_key(self, head, relation, tail):
         return (head * self.n_relations + relation) * self.n_entities + tail
@@ -275,14 +313,22 @@ class LRD(SequentialRecommender):
             attention = attention * decay.transpose(1, 2).unsqueeze(1)  # no renormalisation, as KDA
         context = torch.bmm(attention.view(batch, n_candidates * self.n_relations, -1), history)  # [B, C R, d]
         tokens = context.view(batch * n_candidates, self.n_relations, -1)
+        kernel = self._attention_kernel(tokens)
         with torch.autocast(tokens.device.type, dtype=torch.bfloat16, enabled=self.eval_bf16 and not self.training):
             # the first layer projects the L history vectors rather than the C R context mixtures
-            tokens = self.relation_layer(tokens, self.relation_layer.project_mixture(attention, history))
+            tokens = self.relation_layer(tokens, (attention, history), kernel)
             for _ in range(self.n_layers - 1):
-                tokens = self.relation_layer(tokens)
+                tokens = self.relation_layer(tokens, attention_kernel=kernel)
         tokens = tokens.float()
         pooled = tokens.mean(dim=1).view(batch, n_candidates, -1)  # [B, C, d]
         return ((user.unsqueeze(1) + pooled) * item).sum(-1) + self.item_bias(candidates).squeeze(-1)
+
+    def _attention_kernel(self, tokens):
+        """The fused attention kernel for evaluation on CPU, else None (PyTorch's ops): in training, on
+        GPU, and with ``eval_bf16`` or ``eval_compile``, which run the PyTorch ops in bf16 / compiled."""
+        if self.training or not (self.eval_fused_attention and tokens.is_cpu) or self.eval_bf16 or self.eval_compile:
+            return None
+        return load_relation_attention()
 
     def _chunk_scorer(self):
         """``_score_chunk``, or in evaluation with ``eval_compile`` its ``torch.compile`` version (built

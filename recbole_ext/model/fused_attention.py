@@ -1,0 +1,65 @@
+"""A fused CPU kernel for the attention over the few tokens of each row (LRD's relation tokens).
+
+PyTorch computes attention over ~10 tokens as batched 10 x 16 products, five element-wise passes for
+the softmax and head-layout copies, each streaming the whole block through memory: on 2 CPU cores
+that is over half of LRD's full-ranking time. ``csrc/relation_attention.cpp`` does the same
+arithmetic in one pass per (row, head). It is compiled on first use with PyTorch's JIT C++
+extensions (a C++ compiler and ninja; once per machine and CPU capability, cached in
+``TORCH_EXTENSIONS_DIR``, default ``~/.cache/torch_extensions``). Evaluation only: training keeps
+PyTorch's differentiable ops. Results equal those ops up to float32 rounding (summation order).
+"""
+
+import functools
+import os
+import shutil
+import subprocess
+from importlib import resources
+from logging import getLogger
+
+import torch
+
+HEAD_SIZES = (8, 16, 32, 64)  # instantiated in the kernel
+# the flags PyTorch builds its own kernels of each capability with, so ATen's vector types match
+_CAPABILITY_FLAGS = {
+    "AVX512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma", "-DCPU_CAPABILITY_AVX512"],
+    "AVX2": ["-mavx2", "-mfma", "-DCPU_CAPABILITY_AVX2"],
+}
+
+
+def _put_ninja_on_path():
+    """PyTorch calls ``ninja`` from PATH; the ``ninja`` package (a dependency) puts it in the
+    environment's bin folder, which is not on PATH when Python runs without activating the venv."""
+    if shutil.which("ninja") is None:
+        try:
+            import ninja
+        except ImportError:
+            return
+        os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
+
+
+@functools.lru_cache(maxsize=None)
+def load_relation_attention():
+    """The compiled ``relation_attention(qkv, n_tokens, n_heads)``, or None (with one warning saying
+    why and what to do) when it cannot be built here."""
+    from torch.utils import cpp_extension
+
+    _put_ninja_on_path()
+    capability = torch.backends.cpu.get_cpu_capability()
+    source = resources.files("recbole_ext.model") / "csrc" / "relation_attention.cpp"
+    logger = getLogger()
+    logger.info(f"Loading the fused relation-attention kernel ({capability}); the first build takes ~1 minute.")
+    try:
+        module = cpp_extension.load(
+            name=f"recbole_ext_relation_attention_{capability.lower()}",
+            sources=[str(source)],
+            extra_cflags=["-O3", "-fopenmp", *_CAPABILITY_FLAGS.get(capability, [])],
+            extra_ldflags=["-fopenmp"],
+        )
+    except (OSError, RuntimeError, ImportError, subprocess.SubprocessError) as error:  # no compiler/ninja/headers
+        logger.warning(
+            f"Could not build the fused relation-attention kernel ({type(error).__name__}: {error}). "
+            "Evaluation falls back to PyTorch's ops (same scores, slower on CPU). To use the kernel, "
+            "install a C++ compiler and ninja; to silence this, set `eval_fused_attention: False`."
+        )
+        return None
+    return module.relation_attention
