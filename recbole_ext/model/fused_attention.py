@@ -1,12 +1,12 @@
 """A fused CPU kernel for the attention over the few tokens of each row (LRD's relation tokens).
 
-PyTorch computes attention over ~10 tokens as batched 10 x 16 products, five element-wise passes for
-the softmax and head-layout copies, each streaming the whole block through memory: on 2 CPU cores
-that is over half of LRD's full-ranking time. ``csrc/relation_attention.cpp`` does the same
-arithmetic in one pass per (row, head). It is compiled on first use with PyTorch's JIT C++
-extensions (a C++ compiler and ninja; once per machine and CPU capability, cached in
-``TORCH_EXTENSIONS_DIR``, default ``~/.cache/torch_extensions``). Evaluation only: training keeps
-PyTorch's differentiable ops. Results equal those ops up to float32 rounding (summation order).
+PyTorch computes attention over ~10 tokens as head-by-head q/k/v products, batched 10 x 16 products,
+five element-wise passes for the softmax and a head-merging copy, each streaming the whole block
+through memory: 61% of LRD's full-ranking time on 2 CPU cores. ``csrc/relation_attention.cpp`` does
+the same arithmetic in one pass per (row, head), fed by one wide q/k/v product. It is compiled on
+first use with PyTorch's JIT C++ extensions (a C++ compiler and ninja; once per machine and CPU
+capability, cached in ``TORCH_EXTENSIONS_DIR``, default ``~/.cache/torch_extensions``). Evaluation
+only: training keeps PyTorch's differentiable ops. Results equal those ops up to float32 rounding.
 """
 
 import functools
@@ -47,7 +47,7 @@ def load_relation_attention():
     capability = torch.backends.cpu.get_cpu_capability()
     source = resources.files("recbole_ext.model") / "csrc" / "relation_attention.cpp"
     logger = getLogger()
-    logger.info(f"Loading the fused relation-attention kernel ({capability}); the first build takes ~1 minute.")
+    logger.info(f"Loading the fused relation-attention kernel ({capability}; built on first use, ~1 minute).")
     try:
         module = cpp_extension.load(
             name=f"recbole_ext_relation_attention_{capability.lower()}",
