@@ -27,13 +27,14 @@ _CAPABILITY_FLAGS = {
 
 
 def _put_ninja_on_path():
-    """PyTorch calls ``ninja`` from PATH; the ``ninja`` package (a dependency) puts it in the
-    environment's bin folder, which is not on PATH when Python runs without activating the venv."""
-    if shutil.which("ninja") is None:
-        try:
-            import ninja
-        except ImportError:
-            return
+    """PyTorch runs ``ninja`` from PATH. Put the one of the ``ninja`` package (a dependency) first: it
+    is then found when Python runs without activating its environment, and it is the same ninja every
+    time (a ninja of another version discards the build log and compiles the kernel again)."""
+    try:
+        import ninja
+    except ImportError:
+        return
+    if shutil.which("ninja") != os.path.join(ninja.BIN_DIR, "ninja"):
         os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
 
 

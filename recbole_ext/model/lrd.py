@@ -328,9 +328,11 @@ class LRD(SequentialRecommender):
         return ((user.unsqueeze(1) + pooled) * item).sum(-1) + self.item_bias(candidates).squeeze(-1)
 
     def _attention_kernel(self, tokens):
-        """The fused attention kernel for evaluation on CPU, else None (PyTorch's ops): in training, on
-        GPU, and with ``eval_bf16`` or ``eval_compile``, which run the PyTorch ops in bf16 / compiled."""
-        if self.training or not (self.eval_fused_attention and tokens.is_cpu) or self.eval_bf16 or self.eval_compile:
+        """The fused attention kernel for float32 evaluation on CPU, else None (PyTorch's ops): in
+        training, on GPU, for other dtypes, and with ``eval_bf16`` or ``eval_compile``, which run the
+        PyTorch ops in bf16 / compiled."""
+        usable = self.eval_fused_attention and tokens.is_cpu and tokens.dtype == torch.float32
+        if self.training or not usable or self.eval_bf16 or self.eval_compile:
             return None
         return load_relation_attention()
 
