@@ -53,7 +53,8 @@ def main():
             result = trainer.evaluate(valid_data, load_best_model=False, show_progress=False)
             seconds.append(f"{time.perf_counter() - start:.1f}")
         print(f"{label}: {model.n_relations} relation tokens, eval_chunk_pairs {config['eval_chunk_pairs']}, "
-              f"eval_fused_attention {model.eval_fused_attention}, eval_compile {config['eval_compile']}: {args.mode} validation of {valid_data._dataset.user_num - 1} "
+              f"eval_fused_attention {model.eval_fused_attention}, eval_compile {config['eval_compile']}: "
+              f"{args.mode} validation of {valid_data._dataset.user_num - 1} "
               f"users ({model.n_items} items) in {' / '.join(seconds)} s "
               f"(valid ndcg@10 {result['ndcg@10']:.4f}, {'trained' if args.checkpoint else 'untrained'})", flush=True)
 

@@ -98,7 +98,7 @@ class RelationSelfAttentionLayer(nn.Module):
         flat = tokens.reshape(n * n_tokens, hidden)
         if torch.is_grad_enabled():
             return self._split_heads(F.linear(flat, weight.reshape(3 * hidden, hidden)), n, n_tokens)
-        # evaluation: one [d, d_head] product per (q/k/v, head) straight into heads, no copy of the
+        # evaluation without the fused kernel: one [d, d_head] product per (q/k/v, head) straight into heads, no copy of the
         # [N R, 3d] projection (~20% of the layer's time on CPU; in training the backward of this
         # form would add up twelve [N R, d] partial gradients instead)
         qkv = torch.matmul(flat, weight.transpose(-1, -2).reshape(-1, hidden, weight.size(2)))

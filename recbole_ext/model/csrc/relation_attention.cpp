@@ -1,10 +1,11 @@
 // Multi-head softmax attention over the few tokens of each row, for evaluation on the CPU.
 //
 // LRD scores every (user, candidate) pair through attention over its ~10 relation tokens. PyTorch
-// runs that as batched 10 x 16 products plus five element-wise passes and two head-layout copies,
-// each streaming the whole block through memory; here each (row, head) is done in one pass while
-// its q, k and v sit in cache. Lanes of a vector are query tokens, so the softmax over keys is
-// vertical (no horizontal reductions) and exp is ATen's vectorised (Sleef) exp, as torch.exp.
+// runs that as head-by-head q/k/v products, batched 10 x 16 products, five element-wise passes and
+// a head-merging copy, each streaming the whole block through memory; here each (row, head) is done
+// in one pass while its q, k and v sit in cache. Lanes of a vector are query tokens, so the softmax
+// over keys is vertical (no horizontal reductions) and exp is ATen's vectorised (Sleef) exp, as
+// torch.exp.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/vec.h>
