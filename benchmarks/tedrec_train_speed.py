@@ -33,7 +33,7 @@ def main():
     from recbole.utils import get_model, init_seed
 
     from recbole_ext.benchmark import load_benchmark, model_and_config
-    from recbole_ext.model.layers import set_dropout_class
+    from recbole_ext.modules.layers import set_dropout_class
 
     bench = load_benchmark("ml-100k")
     sys.argv = [sys.argv[0], *overrides]  # RecBole's Config reads --key=value itself

@@ -12,7 +12,7 @@ from recbole.utils import get_model, get_trainer, init_seed
 
 from recbole_ext.data.relations import RelationDataError, build_item_relations
 from recbole_ext.data.text_features import TextFeatureError
-from recbole_ext.model import fused_attention
+from recbole_ext.modules import fused_attention
 from recbole_ext.model.lrd import RelationSelfAttentionLayer
 
 DIRECTED_BY, SEQUEL = "film.film.directed_by", "film.film.sequel"

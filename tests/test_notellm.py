@@ -11,8 +11,8 @@ from recbole.quick_start import load_data_and_model, run_recbole
 from recbole.utils import get_model, get_trainer, init_seed
 
 from recbole_ext.data.text_features import TextFeatureError
-from recbole_ext.model.contrastive import symmetric_info_nce
-from recbole_ext.model.llm import LLMLoadError
+from recbole_ext.modules.contrastive import symmetric_info_nce
+from recbole_ext.modules.llm import LLMLoadError
 from recbole_ext.model.notellm import EMB_TOKEN, IGNORE
 
 

@@ -73,7 +73,7 @@ def test_props_ship_with_a_regular_install(tmp_path):
         "import recbole_ext, recbole_ext.registry as r; p = r.props_path('TedRec'); "
         "q = r.quick_start_path('LRD', 'ml-100k'); print(recbole_ext.__file__); print(p); print(p.is_file()); "
         "print(q.is_file()); from importlib import resources; "
-        "print((resources.files('recbole_ext.model') / 'csrc' / 'relation_attention.cpp').is_file())"
+        "print((resources.files('recbole_ext.modules') / 'csrc' / 'relation_attention.cpp').is_file())"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], cwd=tmp_path, env=dict(os.environ, PYTHONPATH=str(target)),

@@ -14,7 +14,7 @@ from recbole.quick_start import run_recbole
 from recbole.utils import get_trainer, init_seed
 
 from recbole_ext.model import tedrec as tedrec_module
-from recbole_ext.model.layers import FastDropout, FrequencyFusion, MoEAdaptorLayer
+from recbole_ext.modules.layers import FastDropout, FrequencyFusion, MoEAdaptorLayer
 from recbole_ext.model.tedrec import TedRec
 
 

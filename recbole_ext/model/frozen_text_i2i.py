@@ -18,8 +18,8 @@ from recbole.utils import InputType
 from torch import nn
 
 from recbole_ext.data.text_features import load_item_text_embeddings
-from recbole_ext.model.contrastive import symmetric_info_nce
-from recbole_ext.model.i2i import ItemToItemServing
+from recbole_ext.modules.contrastive import symmetric_info_nce
+from recbole_ext.modules.i2i import ItemToItemServing
 from recbole_ext.trainer import BudgetTrainer
 
 

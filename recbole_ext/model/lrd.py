@@ -29,7 +29,7 @@ plus ``entropy_weight`` times the mean entropy of ``q``. LRD shares the relation
 with the backbone; ``q`` itself is not used when scoring.
 
 In evaluation on CPU the attention over the relation tokens runs in a fused C++ kernel
-(``recbole_ext.model.fused_attention``, ``eval_fused_attention``): the same scores up to float32
+(``recbole_ext.modules.fused_attention``, ``eval_fused_attention``): the same scores up to float32
 rounding, ~0.7x the full-ranking time on 2 cores.
 
 Followed from the official code where the paper differs or is silent: no Gumbel/temperature (``q``
@@ -57,8 +57,8 @@ from torch import nn
 
 from recbole_ext.data.relations import build_item_relations
 from recbole_ext.data.text_features import load_item_text_embeddings
-from recbole_ext.model.fused_attention import HEAD_SIZES as FUSED_HEAD_SIZES
-from recbole_ext.model.fused_attention import load_relation_attention
+from recbole_ext.modules.fused_attention import HEAD_SIZES as FUSED_HEAD_SIZES
+from recbole_ext.modules.fused_attention import load_relation_attention
 
 BACKBONES = ("rcf", "kda")
 ENTROPY_MODES = ("minimize", "maximize")
@@ -121,7 +121,7 @@ class RelationSelfAttentionLayer(nn.Module):
     def forward(self, tokens, mixture=None, attention_kernel=None):  # [N, R, d] -> [N, R, d]
         """``mixture``: ``(weights, sources)`` when ``tokens = weights @ sources`` (the first layer), whose
         q, k and v are cheaper from the sources. ``attention_kernel``: the fused CPU kernel
-        (``recbole_ext.model.fused_attention``), used without gradients, else PyTorch's ops."""
+        (``recbole_ext.modules.fused_attention``), used without gradients, else PyTorch's ops."""
         n, n_tokens, hidden = tokens.shape
         if attention_kernel is not None and not torch.is_grad_enabled():
             attended = attention_kernel(self._project_wide(tokens, mixture), n_tokens, self.n_heads)

@@ -48,9 +48,9 @@ from torch import nn
 from tqdm import tqdm
 
 from recbole_ext.data.text_features import TextFeatureError, read_atomic_header, read_item_fields
-from recbole_ext.model.contrastive import symmetric_info_nce
-from recbole_ext.model.i2i import ItemToItemServing
-from recbole_ext.model.llm import add_special_tokens, load_causal_lm
+from recbole_ext.modules.contrastive import symmetric_info_nce
+from recbole_ext.modules.i2i import ItemToItemServing
+from recbole_ext.modules.llm import add_special_tokens, load_causal_lm
 from recbole_ext.trainer import BudgetTrainer
 
 EMB_TOKEN = "[EMB]"

@@ -17,15 +17,15 @@ from torch import nn
 from recbole.model.sequential_recommender.sasrec import SASRec
 
 from recbole_ext.data.text_features import load_item_text_embeddings
-from recbole_ext.model.layers import FastDropout, FrequencyFusion, MoEAdaptorLayer, set_dropout_class
+from recbole_ext.modules.layers import FastDropout, FrequencyFusion, MoEAdaptorLayer, set_dropout_class
 
 
 class TedRec(SASRec):
     r"""TedRec fuses the ID sequence and the text sequence in the frequency domain, then runs SASRec.
 
     Frozen item text vectors pass through a mixture of position-biased experts
-    (:class:`~recbole_ext.model.layers.MoEAdaptorLayer`);
-    the ID and text sequences are combined by :class:`~recbole_ext.model.layers.FrequencyFusion`
+    (:class:`~recbole_ext.modules.layers.MoEAdaptorLayer`);
+    the ID and text sequences are combined by :class:`~recbole_ext.modules.layers.FrequencyFusion`
     (a learnable filter on the ID spectrum plus the ID-text spectral product, each with a scalar
     sigmoid gate per position); the result replaces SASRec's item embeddings at the input.
     Candidates are scored by their ID embedding alone, with cosine similarity; training uses
@@ -49,7 +49,7 @@ class TedRec(SASRec):
         * ``text_fusion: False`` (an ablation, not in the official code) drops the text branch
           (adapter and fusion), leaving SASRec trained with TedRec's cosine/temperature loss.
         * The adapter's dropout masks, and on CPU also those of SASRec's input and Transformer, take
-          16 random bits per element (:func:`~recbole_ext.model.layers.random_keep_mask`: the drop
+          16 random bits per element (:func:`~recbole_ext.modules.layers.random_keep_mask`: the drop
           probability is rounded to a multiple of 1/65536, exact for the official 0.5), and the
           fusion's real FFTs are computed as DFT matrix products (the same transforms, equal to float
           precision); both only for speed. The Transformer is SASRec's, so its faster masks speed up

@@ -46,7 +46,7 @@ def load_relation_attention():
 
     _put_ninja_on_path()
     capability = torch.backends.cpu.get_cpu_capability()
-    source = resources.files("recbole_ext.model") / "csrc" / "relation_attention.cpp"
+    source = resources.files("recbole_ext.modules") / "csrc" / "relation_attention.cpp"
     logger = getLogger()
     logger.info(f"Loading the fused relation-attention kernel ({capability}; built on first use, ~1 minute).")
     try:
