@@ -17,6 +17,10 @@ Shims (see ``shared/specs/recbole_plugin.md`` §3-§4):
   ``torch.autograd.set_detect_anomaly(True)``: every RecBole run then records a stack trace per op
   and checks every backward for NaN, several times slower. It is switched back off (RecBole's
   trainer still stops on a NaN loss).
+* RecBole's FLOPs probe (``get_flops``) registers buffers on every module it reaches through
+  ``Module.apply``, which visits a module shared by two parents twice and then crashes
+  (``attribute 'total_ops' already exists``): peft ties the token adapters of a tied embedding and
+  LM head that way. During the probe each module is visited once.
 * scipy >= 1.13 dropped ``dok_matrix._update`` (used by RecBole's graph baselines).
 * ``ensure_dir`` checks then creates, so DDP ranks starting together crash on ``FileExistsError``
   for ``./log`` or ``saved/``; it is made race-free.
@@ -49,6 +53,7 @@ def apply():
     _patch_checkpoint_loads()
     _patch_ensure_dir()
     _patch_distributed()
+    _patch_flops_probe()
     _APPLIED = True
 
 
@@ -222,3 +227,27 @@ def _patch_distributed():
     Config._init_device = _init_device
     AbstractTrainer.__init__ = _abstract_trainer_init
     Trainer.__init__ = _trainer_init
+
+
+def _apply_to_each_module_once(self, fn):
+    for module in self.modules():  # named_modules() skips a module it has already yielded
+        fn(module)
+    return self
+
+
+def _patch_flops_probe():
+    import recbole.quick_start.quick_start as qs
+    import torch.nn
+
+    get_flops = qs.get_flops
+
+    @functools.wraps(get_flops)
+    def wrapper(*args, **kwargs):
+        original_apply = torch.nn.Module.apply
+        torch.nn.Module.apply = _apply_to_each_module_once
+        try:
+            return get_flops(*args, **kwargs)
+        finally:
+            torch.nn.Module.apply = original_apply
+
+    qs.get_flops = wrapper

@@ -11,6 +11,9 @@ reading ``recbole/properties/model/<name>.yaml``. Registration therefore
   command line; then ``props/quick_start/<Model>_on_<dataset>.yaml`` where one exists (the
   counterpart of RecBole's ``quick_start_config/special_sequential_on_ml-100k.yaml``: settings that
   only make sense for one bundled dataset);
+* publishes a ``<Model>Trainer`` / ``<Model>Dataset`` defined in the model's module where RecBole's
+  ``get_trainer`` / ``create_dataset`` look them up by name (``recbole.trainer``,
+  ``recbole.data.dataset``), so ``run_recbole``, ``load_data_and_model`` and DDP workers use them;
 * checks model names in ``Config`` first, so a typo gets an error that lists the available models
   instead of RecBole's ``ModuleNotFoundError: lightgbm``.
 """
@@ -53,7 +56,8 @@ def quick_start_path(model_name, dataset):
 
 
 def register_model(model_class):
-    """Make ``model_class`` (and a ``<Name>Trainer`` in its module) visible to RecBole; idempotent."""
+    """Make ``model_class`` (and a ``<Name>Trainer`` / ``<Name>Dataset`` in its module) visible to
+    RecBole; idempotent."""
     name = model_class.__name__
     family = _FAMILIES.get(model_class.type)
     if family is None:
@@ -74,6 +78,9 @@ def register_model(model_class):
     trainer = getattr(module, f"{name}Trainer", None)
     if trainer is not None:  # RecBole's get_trainer looks up recbole.trainer.<Model>Trainer by name
         setattr(importlib.import_module("recbole.trainer"), f"{name}Trainer", trainer)
+    dataset = getattr(module, f"{name}Dataset", None)
+    if dataset is not None:  # RecBole's create_dataset looks up recbole.data.dataset.<Model>Dataset by name
+        setattr(importlib.import_module("recbole.data.dataset"), f"{name}Dataset", dataset)
     if name not in _REGISTERED:
         _REGISTERED.append(name)
     _hook_config_once()

