@@ -95,6 +95,15 @@ def tiny_config(data_root, tiny_encoder, feature_dir, tmp_path):
     }
 
 
+@pytest.fixture
+def note_config(tiny_config):
+    """Config dict for NoteLLM on the tiny dataset with the tiny random-weight Llama."""
+    config = {k: v for k, v in tiny_config.items() if not k.startswith(("plm_", "text_", "n_exps"))}
+    config.update(llm_path="tiny", train_batch_size=16, learning_rate=0.001, train_batches_per_epoch=3,
+                  eval_item_batch_size=128, epochs=1)
+    return config
+
+
 @pytest.fixture(autouse=True)
 def _run_in_tmp(tmp_path, monkeypatch):
     """RecBole writes log/, log_tensorboard/ and saved/ into the working directory."""

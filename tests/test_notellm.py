@@ -16,14 +16,6 @@ from recbole_ext.modules.llm import IGNORE_INDEX as IGNORE
 from recbole_ext.modules.llm import LLMLoadError, position_before
 
 
-@pytest.fixture
-def note_config(tiny_config):
-    config = {k: v for k, v in tiny_config.items() if not k.startswith(("plm_", "text_", "n_exps"))}
-    config.update(llm_path="tiny", train_batch_size=16, learning_rate=0.001, train_batches_per_epoch=3,
-                  eval_item_batch_size=128, epochs=1)
-    return config
-
-
 def _build(config_dict, dataset="tiny", **overrides):
     config = Config(model="NoteLLM", dataset=dataset, config_dict={**config_dict, **overrides})
     init_seed(config["seed"], True)

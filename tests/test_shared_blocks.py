@@ -106,16 +106,8 @@ def test_raw_fields_are_left_out_of_normalisation(tiny_config):
     assert float(create_dataset(config).inter_feat["timestamp"].max()) <= 1.0
 
 
-@pytest.fixture
-def note_config(tiny_config):
-    config = {k: v for k, v in tiny_config.items() if not k.startswith(("plm_", "text_", "n_exps"))}
-    config.update(llm_path="tiny", train_batch_size=16, learning_rate=0.001, train_batches_per_epoch=4,
-                  eval_item_batch_size=128, epochs=2)
-    return config
-
-
 def _note_trainer(note_config, **overrides):
-    config = Config(model="NoteLLM", dataset="tiny", config_dict={**note_config, **overrides})
+    config = Config(model="NoteLLM", dataset="tiny", config_dict={**note_config, "train_batches_per_epoch": 4, "epochs": 2, **overrides})
     init_seed(config["seed"], True)
     train, valid, _ = data_preparation(config, create_dataset(config))
     model = get_model("NoteLLM")(config, train._dataset)
