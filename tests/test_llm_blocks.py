@@ -203,3 +203,15 @@ def test_a_local_folder_without_a_model_gets_a_clear_error(tmp_path):
     _tokenizer().save_pretrained(folder)
     assert resolve_llm(str(folder)) == (str(folder), None)
     assert os.path.isdir(folder)
+
+
+def test_bf16_base_weights_on_a_gpu_for_lora_and_frozen_only():
+    gpu = torch.device("cuda")  # only read for the choice; nothing is moved to a GPU here
+    lora = LLMEncoder(_encoder_config(finetune="lora", llm_bf16=True, device=gpu), special_tokens=["[EMB]"])
+    dtypes = {n: p.dtype for n, p in lora.llm.named_parameters()}
+    assert {d for n, d in dtypes.items() if "lora_" not in n and "trainable_tokens" not in n} == {torch.bfloat16}
+    assert {d for n, d in dtypes.items() if "lora_" in n} == {torch.float32}
+    full = LLMEncoder(_encoder_config(finetune="full", llm_bf16=True, device=gpu))
+    assert {p.dtype for p in full.llm.parameters()} == {torch.float32}  # float32 master weights
+    cpu = LLMEncoder(_encoder_config(finetune="lora", llm_bf16=True))
+    assert {p.dtype for p in cpu.llm.parameters()} == {torch.float32}

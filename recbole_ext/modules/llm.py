@@ -80,8 +80,8 @@ def resolve_llm(name_or_path, gguf_file=None):
     )
 
 
-def load_causal_lm(config):
-    """(causal LM in float32, tokenizer with a pad token) for ``config['llm_path']``."""
+def load_causal_lm(config, dtype=torch.float32):
+    """(causal LM with ``dtype`` weights, tokenizer with a pad token) for ``config['llm_path']``."""
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     name = config["llm_path"]
@@ -93,13 +93,13 @@ def load_causal_lm(config):
             max_position_embeddings=512, tie_word_embeddings=True, **dict(config["tiny_llm"]),
         )
         tokenizer.bos_token, tokenizer.eos_token = tokenizer.cls_token, tokenizer.sep_token
-        model = LlamaForCausalLM(llm_config)
+        model = LlamaForCausalLM(llm_config).to(dtype)
     else:
         folder, gguf_file = resolve_llm(name, config["llm_gguf_file"])
         kwargs = {"gguf_file": gguf_file} if gguf_file else {}
         tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True, **kwargs)
         model = AutoModelForCausalLM.from_pretrained(
-            folder, local_files_only=True, dtype=torch.float32, **kwargs
+            folder, local_files_only=True, dtype=dtype, **kwargs
         )
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -161,8 +161,10 @@ def position_before(ids, lengths, marker_id):
 class LLMEncoder(nn.Module):
     """A causal LLM that turns prompts into vectors. Used by NoteLLM (and the planned NoteLLM2, LSVCR).
 
-    * Loading: ``llm_path`` (see the module docstring); float32 weights, bf16 autocast on a GPU when
-      ``llm_bf16``. ``special_tokens`` are added (mean-initialised) and their ids kept in ``token_ids``.
+    * Loading: ``llm_path`` (see the module docstring). On a GPU with ``llm_bf16`` the LLM runs under
+      bf16 autocast, and a base that does not train in full (``lora``, ``frozen``) is loaded in bf16
+      (half the memory; adapters stay float32); full fine-tuning keeps float32 master weights. On the
+      CPU everything is float32. ``special_tokens`` are added (mean-initialised), ids in ``token_ids``.
     * ``finetune``: ``full``, ``lora`` (peft adapters plus the new token rows only) or ``frozen``.
     * :meth:`hidden_states` runs the LLM on right-padded token ids, optionally with vectors injected
       at placeholder ids (``masked_scatter`` into the token embeddings, the LLaVA pattern).
@@ -178,7 +180,9 @@ class LLMEncoder(nn.Module):
         finetune = config["finetune"]
         if finetune not in FINETUNE_MODES:
             raise ValueError(f"finetune must be one of {FINETUNE_MODES}, got {finetune!r}.")
-        self.llm, self.tokenizer = load_causal_lm(config)
+        self.use_bf16 = bool(config["llm_bf16"]) and config["device"].type == "cuda"
+        base_dtype = torch.bfloat16 if self.use_bf16 and finetune != "full" else torch.float32
+        self.llm, self.tokenizer = load_causal_lm(config, dtype=base_dtype)
         self.token_ids = dict(zip(special_tokens, add_special_tokens(self.llm, self.tokenizer, special_tokens)))
         if finetune == "lora":
             self.llm = apply_lora(self.llm, config, self.token_ids.values())
@@ -186,7 +190,6 @@ class LLMEncoder(nn.Module):
             self.llm.requires_grad_(False)
         if config["gradient_checkpointing"]:
             self.llm.gradient_checkpointing_enable()
-        self.use_bf16 = bool(config["llm_bf16"]) and config["device"].type == "cuda"
         self.hidden_size = self.llm.config.hidden_size
         self.pre_projection = None
         self.projection = None
