@@ -4,7 +4,7 @@ Everything here is a runtime shim; RecBole itself is never edited. ``apply()`` i
 must run before ``recbole.quick_start`` is first imported (it imports ray at module level), which
 is why ``import recbole_ext`` calls it before anything else.
 
-Shims (see ``shared/specs/recbole_plugin.md`` §3-§4):
+Shims:
 
 * numpy 2 removed ``float_``/``complex_``/``unicode_``/``bool8``; RecBole's ``Config`` and ray 2.6.3
   still use them.

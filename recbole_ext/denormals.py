@@ -3,7 +3,7 @@
 Training leaves a few float32 weights in the denormal range (below ~1.2e-38): weights whose data
 gradient stays zero decay geometrically under Adam's L2 term. x86 CPUs compute on denormals through
 a slow microcode path, so a trained model can train and rank up to 2x slower than an untrained one
-(README, "Denormal floats slow trained LRD models on CPU"). Flushing touches only values below
+(measured in ``docs/results/lrd-denormal-speed.md``). Flushing touches only values below
 float32's smallest normal number.
 
 The flush-to-zero mode is per thread, and PyTorch's intra-op worker threads copy it from the main

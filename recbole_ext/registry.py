@@ -1,4 +1,4 @@
-"""Register plugin models into RecBole's own lookup points (``shared/DESIGN.md`` decision 1).
+"""Register plugin models into RecBole's own lookup points, without editing RecBole.
 
 RecBole finds a model by importing ``recbole.model.<family>.<name.lower()>`` and its defaults by
 reading ``recbole/properties/model/<name>.yaml``. Registration therefore

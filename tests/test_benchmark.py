@@ -3,12 +3,13 @@
 import json
 import os
 
+import pytest
 import yaml
 
-from recbole_ext.benchmark import load_benchmark, main, model_and_config
+from recbole_ext.benchmark import PUBLISH_MARKER, load_benchmark, main, model_and_config, publish_name
 
 RECORD_FIELDS = {"model", "dataset", "seed", "valid", "test", "epoch_seconds", "epochs", "best_epoch",
-                 "params", "eval_seconds", "denormals_flushed"}
+                 "params", "eval_seconds", "denormals_flushed", "command"}
 
 
 def test_packaged_benchmarks_load():
@@ -42,6 +43,7 @@ def test_two_model_two_seed_smoke_benchmark(tiny_config, tmp_path, capsys):
          "model_config": {"TedRec-fast": {"model": "TedRec", "adaptor_dropout_scope": "item"}}}
     ))
     out = tmp_path / "out"
+    command = f"python run_recbole_ext.py --benchmark={bench_file} --output_dir={out}"
     records = main([f"--benchmark={bench_file}", f"--output_dir={out}"])
     assert [(r["model"], r["seed"], r["status"]) for r in records] == [
         ("SASRec", 1, "ok"), ("TedRec-fast", 1, "ok"), ("SASRec", 2, "ok"), ("TedRec-fast", 2, "ok")]
@@ -58,6 +60,7 @@ def test_two_model_two_seed_smoke_benchmark(tiny_config, tmp_path, capsys):
         assert record["test_modes"]["uni100"]["recall@10"] > record["test"]["recall@10"]
         assert record["epochs"] == 2 and record["epoch_seconds"] > 0 and record["params"] > 0
         assert isinstance(record["denormals_flushed"], bool)
+        assert record["command"] == command
         run_dir = out / "runs" / f"{record['model']}-seed{record['seed']}"
         assert (run_dir / "run.log").stat().st_size > 0
         per_user = json.loads((run_dir / "per_user.json").read_text())
@@ -65,7 +68,9 @@ def test_two_model_two_seed_smoke_benchmark(tiny_config, tmp_path, capsys):
         ndcg = per_user["ndcg@10"]
         assert abs(sum(ndcg) / len(ndcg) - record["test"]["ndcg@10"]) < 1e-4
     summary = (out / "summary.md").read_text()
+    assert f"Runs made by:\n\n```bash\n{command}\n```" in summary
     assert "| SASRec | 2 |" in summary and "| TedRec-fast | 2 |" in summary
+    assert "](metrics.png)" in summary
     assert "ttest_rel" in summary and "x)" in summary
     assert "Test in eval mode `uni100`" in summary and "| uni100 recall@10 |" in summary
     assert "| valid recall@10 | valid recall@20 | valid ndcg@10 | valid ndcg@20 |" in summary
@@ -113,3 +118,76 @@ def test_summary_lists_model_probes(tmp_path):
         r["epoch_seconds"] = 0.01
     write_summary(records, ["NoteLLM"], str(tmp_path))
     assert "| 0.0 ± 0.0 |" in (tmp_path / "summary.md").read_text()
+
+
+def _fake_run_folder(tmp_path):
+    """A finished two-model, one-seed benchmark folder, written by hand (no training)."""
+    bench_file = tmp_path / "tiny.yaml"
+    bench_file.write_text(yaml.safe_dump({"dataset": "tiny", "models": ["SASRec", "TedRec"], "seeds": [1]}))
+    out = tmp_path / "out"
+    for model, ndcg in (("SASRec", [0.1, 0.2, 0.0, 0.3]), ("TedRec", [0.2, 0.3, 0.1, 0.3])):
+        run_dir = out / "runs" / f"{model}-seed1"
+        run_dir.mkdir(parents=True)
+        record = {"model": model, "dataset": "tiny", "seed": 1, "status": "ok",
+                  "test": {"ndcg@10": sum(ndcg) / 4}, "valid": {"ndcg@10": 0.5}, "epoch_seconds": 2.0,
+                  "epochs": 3, "params": 10, "command": f"python run_recbole_ext.py --benchmark={bench_file}"}
+        (run_dir / "record.json").write_text(json.dumps(record))
+        (run_dir / "per_user.json").write_text(json.dumps({"ndcg@10": ndcg}))
+    return bench_file, out
+
+
+def test_publish_copies_summary_below_the_marker_and_changes_nothing_when_rerun(tmp_path, capsys):
+    bench_file, out = _fake_run_folder(tmp_path)
+    docs = tmp_path / "docs"
+    flags = [f"--benchmark={bench_file}", f"--output_dir={out}", f"--publish_dir={docs}"]
+    path = main([*flags, "--publish"])
+    assert path == os.path.join(str(docs), "tiny.md")
+    summary = (out / "summary.md").read_text()
+    text = (docs / "tiny.md").read_text()
+    head, marker, published = text.partition(PUBLISH_MARKER + "\n")
+    assert marker and head.startswith("# tiny\n")
+    assert f"```bash\npython run_recbole_ext.py --benchmark={bench_file}\n```" in head  # the runs' command
+    assert published == summary.replace("](metrics.png)", "](tiny-metrics.png)")  # verbatim, links to the copy
+    assert "| TedRec | 1 |" in published and "](tiny-metrics.png)" in published
+    assert (docs / "tiny-metrics.png").read_bytes() == (out / "metrics.png").read_bytes()
+    assert "running" not in capsys.readouterr().out  # publishing trains nothing
+
+    before = {f: ((docs / f).read_bytes(), (docs / f).stat().st_mtime_ns) for f in os.listdir(docs)}
+    main([*flags, "--publish"])
+    assert {f: ((docs / f).read_bytes(), (docs / f).stat().st_mtime_ns) for f in os.listdir(docs)} == before
+
+    # The hand-written part is kept; only what is below the marker follows the runs.
+    (docs / "tiny.md").write_text("# Tiny\n\nWhat it shows: by hand.\n" + PUBLISH_MARKER + "\nstale table\n")
+    main([*flags, "--models=SASRec", "--publish"])
+    text = (docs / "tiny.md").read_text()
+    assert text.startswith("# Tiny\n\nWhat it shows: by hand.\n" + PUBLISH_MARKER + "\n# Benchmark summary (1 runs")
+    assert "stale table" not in text and "| TedRec |" not in text
+
+    main([*flags, "--publish=other-name"])
+    assert (docs / "other-name.md").is_file() and (docs / "other-name-metrics.png").is_file()
+
+
+def test_publish_refuses_what_it_cannot_publish(tmp_path):
+    bench_file, out = _fake_run_folder(tmp_path)
+    docs = tmp_path / "docs"
+    with pytest.raises(SystemExit, match="no run folder"):
+        main([f"--benchmark={bench_file}", f"--output_dir={tmp_path / 'missing'}", f"--publish_dir={docs}",
+              "--publish"])
+    with pytest.raises(SystemExit, match="none of the selected runs"):
+        main([f"--benchmark={bench_file}", f"--output_dir={out}", f"--publish_dir={docs}", "--seeds=7",
+              "--publish"])
+    assert not (out / "summary.md").exists() and not docs.exists()  # nothing written
+    docs.mkdir()
+    (docs / "tiny.md").write_text("# Tiny\n\nA page without the marker line.\n")
+    with pytest.raises(SystemExit, match="has no line"):
+        main([f"--benchmark={bench_file}", f"--output_dir={out}", f"--publish_dir={docs}", "--publish"])
+    assert (docs / "tiny.md").read_text() == "# Tiny\n\nA page without the marker line.\n"  # untouched
+
+
+def test_publish_name_and_folder_follow_the_dataset():
+    bench = load_benchmark("ml-100k")
+    assert publish_name(bench) == publish_name(bench, "ml-100k") == "ml-100k"
+    assert publish_name(bench, "ml-1m") == "ml-100k-ml-1m"
+    from recbole_ext.benchmark import default_output_dir
+
+    assert default_output_dir(bench, "ml-1m") == os.path.join("benchmarks", "runs", "ml-100k-ml-1m")

@@ -1,4 +1,4 @@
-"""Frozen per-item text features in the UniSRec/TedRec file convention (``shared/DESIGN.md`` §3).
+"""Frozen per-item text features in the UniSRec/TedRec file convention.
 
 A feature file ``<dataset>.<plm_suffix>`` is headerless little-endian float32 with ``plm_size``
 columns; row ``r`` belongs to the item whose atomic-file token is the integer ``r``. Files written
