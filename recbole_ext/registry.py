@@ -13,6 +13,8 @@ reading ``recbole/properties/model/<name>.yaml``. Registration therefore
   only make sense for one bundled dataset);
 * checks model names in ``Config`` first, so a typo gets an error that lists the available models
   instead of RecBole's ``ModuleNotFoundError: lightgbm``.
+* checks config values (types and ranges, ``recbole_ext.config_check``) once ``Config`` has merged
+  them, before any data is loaded.
 """
 
 import difflib
@@ -23,6 +25,8 @@ import pkgutil
 import sys
 
 from recbole.utils import ModelType
+
+from recbole_ext import config_check
 
 _FAMILIES = {
     ModelType.GENERAL: "general_recommender",
@@ -139,4 +143,5 @@ def _hook_config_once():
 
     Config._load_internal_config_dict = _load_internal_config_dict
     Config._get_model_and_dataset = _get_model_and_dataset
+    config_check.install(Config)
     _CONFIG_HOOKED = True
