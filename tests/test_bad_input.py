@@ -236,6 +236,16 @@ def test_malformed_inter_file_names_file_line_and_column(sasrec_config, tmp_path
         create_dataset(config)
 
 
+def test_float_sequence_values_are_checked(tmp_path):
+    from recbole_ext.data.atomic_files import check_atomic_file
+
+    path = tmp_path / "x.item"
+    path.write_text("item_id:token\tvec:float_seq\tname:token\n1\t0.5 1e-3\ta\n2\t\tb\n3\t0.1 n/a\tc\n")
+    with pytest.raises(AtomicFileError, match=r"line 4, column 2 \(vec:float_seq\): '0.1 n/a' is not a number"):
+        check_atomic_file(str(path))
+    check_atomic_file(str(path), loaded_fields={"item_id", "name"})  # the run does not load vec
+
+
 def test_unloaded_column_and_trailing_blank_lines_are_fine(sasrec_config, tmp_path):
     def edit(lines):  # rating is not in load_col; blank lines at the very end are harmless
         lines[3] = "\t".join(lines[3].split("\t")[:2] + ["five"] + lines[3].split("\t")[3:])

@@ -15,6 +15,7 @@ and fails on a non-numeric ``float`` value without saying where. Before each fil
 Fields are split on ``field_separator`` only: a value that quotes a separator is not supported.
 """
 
+import csv
 import functools
 
 _NUMERIC = ("float", "float_seq")
@@ -31,13 +32,11 @@ def check_atomic_file(path, field_separator="\t", seq_separator=" ", encoding="u
     None means every column."""
     with open(path, encoding=encoding) as f:
         header = f.readline().rstrip("\r\n").split(field_separator)
-        numeric = []
-        for index, column in enumerate(header):
-            name, _, field_type = column.partition(":")
-            if field_type in _NUMERIC and (loaded_fields is None or name in loaded_fields):
-                numeric.append((index, column, field_type == "float_seq"))
+        separators = len(header) - 1
         blank_line = None
         for line_number, line in enumerate(f, start=2):
+            if line.count(field_separator) == separators and blank_line is None and (separators or line.strip()):
+                continue  # the common case, checked without splitting the line
             text = line.rstrip("\r\n")
             if not text:
                 blank_line = blank_line or line_number
@@ -48,22 +47,47 @@ def check_atomic_file(path, field_separator="\t", seq_separator=" ", encoding="u
                     "Remove it, or restore the row that should be there."
                 )
             values = text.split(field_separator)
-            if len(values) != len(header):
-                raise AtomicFileError(
-                    f"{path}, line {line_number}: {len(values)} values but the header has {len(header)} columns "
-                    f"({field_separator!r}-separated: {', '.join(header)}). "
-                    f"{'A value is missing' if len(values) < len(header) else 'There is an extra value'}: "
-                    "fix the row, or the header."
-                )
-            for index, column, is_sequence in numeric:
-                value = values[index]
-                for number in (value.split(seq_separator) if is_sequence else [value]):
-                    if number.strip() and not _is_number(number):
-                        raise AtomicFileError(
-                            f"{path}, line {line_number}, column {index + 1} ({column}): {number!r} is not a "
-                            f"number. Fix the value, or declare the column as "
-                            f"'{column.split(':')[0]}:{'token_seq' if is_sequence else 'token'}' if it is a label."
-                        )
+            raise AtomicFileError(
+                f"{path}, line {line_number}: {len(values)} values but the header has {len(header)} columns "
+                f"({field_separator!r}-separated: {', '.join(header)}). "
+                f"{'A value is missing' if len(values) < len(header) else 'There is an extra value'}: "
+                "fix the row, or the header."
+            )
+    numeric = [
+        (index, column) for index, column in enumerate(header)
+        if column.partition(":")[2] in _NUMERIC and (loaded_fields is None or column.partition(":")[0] in loaded_fields)
+    ]
+    if numeric:
+        _check_numbers(path, field_separator, seq_separator, encoding, numeric)
+
+
+def _check_numbers(path, field_separator, seq_separator, encoding, numeric):
+    """Every value of the ``numeric`` (index, column) columns parses as a number ('' is missing)."""
+    import pandas as pd
+
+    read = functools.partial(
+        pd.read_csv, path, sep=field_separator, quoting=csv.QUOTE_NONE, encoding=encoding, engine="c",
+    )  # rows follow the file's lines: blank lines can only trail (checked above) and are skipped
+    floats = [column for _, column in numeric if not column.endswith("_seq")]
+    if floats:
+        try:
+            read(usecols=floats, dtype={column: "float64" for column in floats})
+            numeric = [(index, column) for index, column in numeric if column not in floats]
+        except ValueError:
+            pass  # find the value below
+    if not numeric:
+        return
+    frame = read(usecols=[column for _, column in numeric], dtype=str, na_filter=False)
+    for index, column in numeric:
+        for row, value in enumerate(frame[column]):
+            parts = value.split(seq_separator) if column.endswith("_seq") else [value]
+            if all(_is_number(part) for part in parts if part.strip()):
+                continue
+            label = "token_seq" if column.endswith("_seq") else "token"
+            raise AtomicFileError(
+                f"{path}, line {row + 2}, column {index + 1} ({column}): {value!r} is not a number. Fix the "
+                f"value, or declare the column as '{column.partition(':')[0]}:{label}' if it is a label."
+            )
 
 
 def _is_number(text):
