@@ -3,6 +3,11 @@
 ``run`` mirrors ``recbole.quick_start.run``; the only difference is that spawned DDP workers
 import ``recbole_ext`` (compat layer + registration) before RecBole builds anything, whatever
 script launched them.
+
+``main`` is the command line: with no ``--model`` (and no ``model`` in a config file) it prints the
+usage, the models and a quick-start command instead of training; bad input that the plugin
+describes (config values, atomic files, checkpoints, text features, relations, benchmark labels)
+is printed as one message with exit status 2, and a benchmark with a failed run exits with 1.
 """
 
 import argparse
@@ -14,7 +19,7 @@ import yaml
 import recbole_ext  # noqa: F401  (compat layer and model registration)
 from recbole.quick_start import load_data_and_model, objective_function, run_recbole, run_recboles
 
-from recbole_ext.benchmark import BenchmarkConfigError
+from recbole_ext.benchmark import BenchmarkConfigError, main as benchmark_main, report_failures
 from recbole_ext.compat import CheckpointError
 from recbole_ext.config_check import ConfigValueError
 from recbole_ext.data.atomic_files import AtomicFileError
@@ -103,8 +108,6 @@ def build_parser():
 
 
 def _run_benchmark(argv):
-    from recbole_ext.benchmark import main as benchmark_main, report_failures
-
     records = benchmark_main(argv)
     if report_failures(records):
         raise SystemExit(1)
