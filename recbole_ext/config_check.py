@@ -8,7 +8,8 @@ Rules come from declarations, in one notation:
 
 * each plugin model's ``props/<Model>.yaml``: every top-level line reads
   ``key: default  # (type[, range]) meaning``. ``type`` is ``int``, ``float`` (an int is accepted),
-  ``bool``, ``str``, ``list`` or ``dict``, or alternatives such as ``str|list``; ``range`` is one
+  ``bool``, ``str``, ``list`` (``list of int`` reads as ``list``) or ``dict``, or alternatives such
+  as ``str|list`` (``|None`` allows ``None``); ``range`` is one
   or two comma-separated bounds on a number: ``> a``, ``>= a``, ``< b``, ``<= b`` (e.g.
   ``(float, >= 0, < 1)``). ``None`` (``~``) is accepted when the default is ``~`` or the comment
   mentions ``~``;
@@ -69,7 +70,9 @@ class Rule:
 
     def __init__(self, declaration, allows_none=False):
         types, *bounds = [part.strip() for part in declaration.split(",")]
-        self.types = [t.strip() for t in types.split("|")]
+        alternatives = [t.split()[0] for t in types.split("|") if t.strip()]  # 'list of int' -> list
+        allows_none = allows_none or "None" in alternatives
+        self.types = [t for t in alternatives if t != "None"]
         unknown = [t for t in self.types if t not in _TYPES]
         if unknown:
             raise ValueError(f"Unknown type {unknown} in config declaration '({declaration})'.")
