@@ -49,6 +49,7 @@ def main():
     from recbole.utils import get_model, init_seed
 
     from recbole_ext.benchmark import load_benchmark, model_and_config
+    from recbole_ext.compat import load_recbole_checkpoint
 
     bench = load_benchmark("lrd-ml-100k")
     sys.argv = sys.argv[:1]  # keep this script's flags away from RecBole's Config
@@ -60,7 +61,7 @@ def main():
         torch.set_flush_denormal(True)
     model = get_model(model_name)(config, train_data._dataset)
     if args.checkpoint != "none":
-        model.load_state_dict(torch.load(args.checkpoint, weights_only=False)["state_dict"])
+        model.load_state_dict(load_recbole_checkpoint(args.checkpoint)["state_dict"])
     print(f"{args.model}, {torch.get_num_threads()} threads, flush {args.flush}; "
           f"denormal parameters: {denormal_parameters(model) or 'none'}")
 

@@ -33,6 +33,7 @@ def main():
     from recbole.utils import get_model, get_trainer, init_seed
 
     from recbole_ext.benchmark import load_benchmark, model_and_config
+    from recbole_ext.compat import load_recbole_checkpoint
 
     bench = load_benchmark("lrd-ml-100k")
     sys.argv = [sys.argv[0], *overrides]  # RecBole's Config reads --key=value itself
@@ -45,7 +46,7 @@ def main():
         train_data, valid_data, _ = data_preparation(config, create_dataset(config))
         model = get_model(model_name)(config, train_data._dataset).to(config["device"])
         if args.checkpoint:
-            model.load_state_dict(torch.load(args.checkpoint, weights_only=False)["state_dict"])
+            model.load_state_dict(load_recbole_checkpoint(args.checkpoint)["state_dict"])
         trainer = get_trainer(config["MODEL_TYPE"], model_name)(config, model)
         seconds = []
         for _ in range(args.repeat):

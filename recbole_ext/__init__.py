@@ -1,8 +1,9 @@
 """recbole_ext: text- and LLM-enhanced sequential recommenders as a RecBole 1.2.1 plugin.
 
 Importing the package makes RecBole work on the current stack (``recbole_ext.compat``), flushes
-denormal floats to zero on the CPU (``recbole_ext.denormals``; import it before any PyTorch work)
-and registers every model, so RecBole's own entry points (``run_recbole``, ``objective_function``,
+denormal floats to zero on the CPU (``recbole_ext.denormals``; import it before any PyTorch work),
+checks atomic files before RecBole reads them (``recbole_ext.data.atomic_files``) and registers
+every model, so RecBole's own entry points (``run_recbole``, ``objective_function``,
 ``load_data_and_model``, ``HyperTuning``, DDP) accept ``model='TedRec'``.
 """
 
@@ -11,9 +12,11 @@ from recbole_ext import compat, denormals
 compat.apply()
 denormals.flush_if_enabled()
 
+from recbole_ext.data import atomic_files  # noqa: E402
 from recbole_ext.registry import register_model, registered_models  # noqa: E402
 from recbole_ext.model import MODELS  # noqa: E402
 
+atomic_files.install()
 for _model_class in MODELS:
     register_model(_model_class)
 

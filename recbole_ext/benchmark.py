@@ -13,10 +13,11 @@ A ``models`` entry may be a variant label whose ``model_config`` names the RecBo
 ``TedRec-fast: {model: TedRec, adaptor_dropout_scope: item}``.
 Each run is a subprocess (so RecBole's logger, memory and crashes stay per run) whose record lands in
 ``<output_dir>/runs/<model>-seed<seed>/record.json``; a re-run skips finished runs, and
-``--summary_only`` rewrites the outputs from the finished runs without starting any. The output folder
-gets ``results.json`` (one record per run, with the command line that ran it), ``summary.md`` (the
-commands, mean ± std over seeds, ratios to the baseline, paired t-tests on per-user test metrics) and
-``metrics.png``.
+``--summary_only`` rewrites the outputs from the finished runs without starting any. Every label is
+checked before the first run starts; when a run fails, the others still run, the summary lists it,
+and the command exits with status 1. The output folder gets ``results.json`` (one record per run,
+with the command line that ran it), ``summary.md`` (the commands, mean ± std over seeds, ratios to the
+baseline, paired t-tests on per-user test metrics) and ``metrics.png``.
 
 ``--publish[=<name>]`` trains nothing: it collects the finished runs of the folder the other flags
 point to (as ``--summary_only``) and copies ``summary.md`` verbatim into ``docs/results/<name>.md``
@@ -71,6 +72,41 @@ def model_and_config(bench, label):
     return model_config.pop("model", label), dict(bench["config"], **model_config)
 
 
+class BenchmarkConfigError(ValueError):
+    """A benchmark names a model that does not exist."""
+
+
+def check_labels(bench, labels):
+    """Refuse, before any run starts, a label that resolves to no model (a typo in --models)."""
+    from recbole_ext.registry import check_model_name
+
+    problems = []
+    for label in labels:
+        model, _ = model_and_config(bench, label)
+        try:
+            check_model_name(model)
+        except ValueError as error:
+            problems.append(f"  {label}: {error}")
+    if problems:
+        raise BenchmarkConfigError(
+            f"Benchmark '{bench['name']}': {len(problems)} of the models cannot run, so nothing was started:\n"
+            + "\n".join(problems) + f"\nThe benchmark's models: {', '.join(bench['models'])}."
+        )
+
+
+def report_failures(records):
+    """Print which runs failed (to stderr); returns their number (0 for ``--publish``, which runs nothing
+    and returns the published path)."""
+    if not isinstance(records, list):
+        return 0
+    failed = [r for r in records if r["status"] != "ok"]
+    if failed:
+        runs = ", ".join(f"{r['model']} seed {r['seed']}" for r in failed)
+        print(f"{len(failed)} of {len(records)} runs failed ({runs}); see runs/<model>-seed<seed>/run.log "
+              "in the output folder. The summary covers the runs that finished.", file=sys.stderr, flush=True)
+    return len(failed)
+
+
 def _absolute_paths(config):
     """Runs execute inside the output folder: make the user's relative data paths absolute."""
     config = dict(config)
@@ -93,6 +129,8 @@ def run_benchmark(benchmark, models=None, seeds=None, output_dir=None, overrides
     bench["dataset"] = dataset or bench["dataset"]
     models = models or bench["models"]
     seeds = seeds or bench["seeds"]
+    if not summary_only:
+        check_labels(bench, models)
     output_dir = os.path.abspath(output_dir or default_output_dir(bench))
     os.makedirs(output_dir, exist_ok=True)
     plan = [(model, seed) for seed in seeds for model in models]
@@ -515,8 +553,9 @@ def main(argv=None):
     print(f"published {output_dir}/summary.md to {path}", flush=True)
     return path
 
+
 if __name__ == "__main__":
     if len(sys.argv) == 2 and sys.argv[1].endswith(".json"):
         run_single(sys.argv[1])
-    else:
-        main()
+    elif report_failures(main()):
+        sys.exit(1)

@@ -11,8 +11,11 @@ Shims:
 * ray is optional: when ``from ray import tune`` fails for any reason, a stand-in ``ray.tune`` with a
   no-op ``report`` is installed (RecBole only calls ``tune.report`` in ``objective_function``).
 * torch >= 2.6 loads checkpoints with ``weights_only=True``, but RecBole pickles its whole ``Config``
-  into every checkpoint. Full unpickling is allowed only inside RecBole's own checkpoint loads
-  (``Trainer.evaluate``, ``Trainer.resume_checkpoint``, ``load_data_and_model``), never process-wide.
+  into every checkpoint. Full unpickling is passed (``weights_only=False``) to exactly the loads of
+  RecBole's own checkpoints (``Trainer.evaluate``, ``Trainer.resume_checkpoint``,
+  ``load_data_and_model``) through :func:`load_recbole_checkpoint`, never through the environment;
+  every other ``torch.load`` keeps torch's default. A file that is not a RecBole checkpoint (empty,
+  random bytes, a bare state dict) gets a :class:`CheckpointError` naming it.
 * ``recbole.model.sequential_recommender`` imports SINE, whose module calls
   ``torch.autograd.set_detect_anomaly(True)``: every RecBole run then records a stack trace per op
   and checks every backward for NaN, several times slower. It is switched back off (RecBole's
@@ -30,7 +33,6 @@ Shims:
   fixed by broadcasting rank 0's file name and a barrier before loading it.
 """
 
-import contextlib
 import functools
 import os
 import sys
@@ -38,7 +40,6 @@ import types
 import warnings
 
 _APPLIED = False
-_WEIGHTS_ONLY_ENV = "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"
 
 
 def apply():
@@ -99,42 +100,90 @@ def _undo_sine_anomaly_detection():
     torch.autograd.set_detect_anomaly(False)
 
 
-@contextlib.contextmanager
-def recbole_checkpoint_load():
-    """Allow full unpickling only while RecBole loads a checkpoint it wrote itself."""
-    previous = os.environ.get(_WEIGHTS_ONLY_ENV)
-    os.environ[_WEIGHTS_ONLY_ENV] = "1"
+class CheckpointError(ValueError):
+    """A file given as a RecBole checkpoint is not one."""
+
+
+def load_recbole_checkpoint(path, map_location=None):
+    """Load a checkpoint RecBole wrote (it pickles its ``Config``, so full unpickling is needed).
+
+    Only call this on files meant to be RecBole checkpoints: unpickling runs code from the file.
+    """
+    import torch
+
+    path = str(path)
+    if not os.path.isfile(path):
+        raise CheckpointError(f"No checkpoint file '{path}'.")
+    hint = "Give the .pth file that RecBole's trainer saved (checkpoint_dir, default saved/)."
+    if os.path.getsize(path) == 0:
+        raise CheckpointError(f"'{path}' is empty, not a RecBole checkpoint. {hint}")
     try:
         with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=f".*{_WEIGHTS_ONLY_ENV}.*")
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
-            yield
-    finally:
-        if previous is None:
-            os.environ.pop(_WEIGHTS_ONLY_ENV, None)
-        else:
-            os.environ[_WEIGHTS_ONLY_ENV] = previous
+            checkpoint = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as error:  # the unpickler raises whatever the bytes trigger
+        raise CheckpointError(
+            f"'{path}' is not a RecBole checkpoint (torch.load failed: {type(error).__name__}: {error}). {hint}"
+        ) from error
+    if not isinstance(checkpoint, dict) or not {"state_dict", "config"} <= set(checkpoint):
+        found = sorted(checkpoint)[:8] if isinstance(checkpoint, dict) else type(checkpoint).__name__
+        raise CheckpointError(
+            f"'{path}' is not a RecBole checkpoint: it lacks 'state_dict' and 'config' (found {found}). {hint}"
+        )
+    return checkpoint
 
 
-def _scoped_checkpoint_load(func):
-    @functools.wraps(func)
-    def wrapper(*args, **kwargs):
-        with recbole_checkpoint_load():
-            return func(*args, **kwargs)
+class _TorchWithCheckpointLoad(types.ModuleType):
+    """``torch`` as seen by RecBole's trainer module: ``torch.load`` there loads RecBole checkpoints
+    (its only two calls are ``resume_checkpoint`` and ``evaluate``); everything else is torch's."""
 
-    return wrapper
+    def __init__(self, torch_module):
+        super().__init__(torch_module.__name__)
+        self._torch = torch_module
+
+    def __getattr__(self, name):
+        return getattr(self._torch, name)
+
+    @staticmethod
+    def load(f, map_location=None, **kwargs):
+        return load_recbole_checkpoint(f, map_location)
+
+
+def load_data_and_model(model_file):
+    """``recbole.quick_start.load_data_and_model`` reading the checkpoint with
+    :func:`load_recbole_checkpoint`: RecBole's steps, in RecBole's order."""
+    from logging import getLogger
+
+    from recbole.data import create_dataset, data_preparation
+    from recbole.utils import get_model, init_logger, init_seed
+
+    checkpoint = load_recbole_checkpoint(model_file)
+    config = checkpoint["config"]
+    init_seed(config["seed"], config["reproducibility"])
+    init_logger(config)
+    logger = getLogger()
+    logger.info(config)
+    dataset = create_dataset(config)
+    logger.info(dataset)
+    train_data, valid_data, test_data = data_preparation(config, dataset)
+    init_seed(config["seed"], config["reproducibility"])
+    model = get_model(config["model"])(config, train_data._dataset).to(config["device"])
+    model.load_state_dict(checkpoint["state_dict"])
+    model.load_other_parameter(checkpoint.get("other_parameter"))
+    return config, model, dataset, train_data, valid_data, test_data
 
 
 def _patch_checkpoint_loads():
     import recbole.quick_start
     import recbole.quick_start.quick_start as qs
+    import recbole.trainer.trainer as trainer_module
     from recbole.trainer import Trainer
 
-    Trainer.resume_checkpoint = _scoped_checkpoint_load(Trainer.resume_checkpoint)
-    load = _scoped_checkpoint_load(qs.load_data_and_model)
-    qs.load_data_and_model = load
-    recbole.quick_start.load_data_and_model = load
-    Trainer.evaluate = _evaluate_with_safe_checkpoint(Trainer.evaluate)
+    if not isinstance(trainer_module.torch, _TorchWithCheckpointLoad):
+        trainer_module.torch = _TorchWithCheckpointLoad(trainer_module.torch)
+    qs.load_data_and_model = load_data_and_model
+    recbole.quick_start.load_data_and_model = load_data_and_model
+    Trainer.evaluate = _evaluate_after_best_checkpoint(Trainer.evaluate)
 
 
 def _patch_ensure_dir():
@@ -154,15 +203,14 @@ def _is_distributed(config):
     return not config["single_spec"]
 
 
-def _evaluate_with_safe_checkpoint(evaluate):
+def _evaluate_after_best_checkpoint(evaluate):
     @functools.wraps(evaluate)
     def wrapper(self, eval_data, load_best_model=True, model_file=None, show_progress=False):
         if load_best_model and _is_distributed(self.config):
             import torch.distributed as dist
 
             dist.barrier()  # rank 0 has finished writing the best checkpoint
-        with recbole_checkpoint_load():
-            return evaluate(self, eval_data, load_best_model, model_file, show_progress)
+        return evaluate(self, eval_data, load_best_model, model_file, show_progress)
 
     return wrapper
 

@@ -3,13 +3,34 @@
 ``run`` mirrors ``recbole.quick_start.run``; the only difference is that spawned DDP workers
 import ``recbole_ext`` (compat layer + registration) before RecBole builds anything, whatever
 script launched them.
+
+``main`` is the command line: with no ``--model`` (and no ``model`` in a config file) it prints the
+usage, the models and a quick-start command instead of training; bad input that the plugin
+describes (config values, atomic files, checkpoints, text features, relations, benchmark labels)
+is printed as one message with exit status 2, and a benchmark with a failed run exits with 1.
 """
 
 import argparse
 import os
+import sys
+
+import yaml
 
 import recbole_ext  # noqa: F401  (compat layer and model registration)
 from recbole.quick_start import load_data_and_model, objective_function, run_recbole, run_recboles
+
+from recbole_ext.benchmark import BenchmarkConfigError, main as benchmark_main, report_failures
+from recbole_ext.compat import CheckpointError
+from recbole_ext.config_check import ConfigValueError
+from recbole_ext.data.atomic_files import AtomicFileError
+from recbole_ext.data.relations import RelationDataError
+from recbole_ext.data.text_features import TextFeatureError
+
+QUICK_START = "python run_recbole_ext.py --model=TedRec --epochs=3 --hidden_size=64 --MAX_ITEM_LIST_LENGTH=20"
+# Bad input these errors describe in full: the runner prints the message, not a traceback.
+USER_INPUT_ERRORS = (
+    ConfigValueError, AtomicFileError, CheckpointError, RelationDataError, TextFeatureError, BenchmarkConfigError,
+)
 
 __all__ = ["run", "run_recbole", "objective_function", "load_data_and_model", "main"]
 
@@ -62,9 +83,16 @@ def build_parser():
     """RecBole's ``run_recbole.py`` flags; any other ``--key=value`` goes to ``Config``."""
     parser = argparse.ArgumentParser(
         description="Run a recbole_ext or RecBole model through RecBole's pipeline.",
-        epilog="Any other --key=value (e.g. --epochs=5 --learning_rate=1e-3) overrides that config key.",
+        epilog=(
+            f"recbole_ext models: {', '.join(recbole_ext.registered_models())}; RecBole's own models "
+            "(SASRec, BERT4Rec, GRU4Rec, ...) run too. Any other --key=value (e.g. --epochs=5 "
+            f"--learning_rate=1e-3) overrides that config key. A quick start on CPU:  {QUICK_START}"
+        ),
     )
-    parser.add_argument("--model", "-m", type=str, default="TedRec", help="name of model")
+    parser.add_argument(
+        "--model", "-m", type=str, default=None,
+        help=f"name of model: {', '.join(recbole_ext.registered_models())} or a RecBole model",
+    )
     parser.add_argument("--dataset", "-d", type=str, default="ml-100k", help="name of dataset")
     parser.add_argument("--config_files", type=str, default=None, help="space-separated config files")
     parser.add_argument("--nproc", type=int, default=1, help="number of processes")
@@ -79,20 +107,42 @@ def build_parser():
     return parser
 
 
-def main(argv=None):
-    args, _ = build_parser().parse_known_args(argv)
-    if args.benchmark:
-        from recbole_ext.benchmark import main as benchmark_main
+def _run_benchmark(argv):
+    records = benchmark_main(argv)
+    if report_failures(records):
+        raise SystemExit(1)
+    return records
 
-        return benchmark_main(argv)
+
+def _model_in_config_files(config_file_list):
+    for path in config_file_list or []:
+        with open(path, encoding="utf-8") as f:
+            if "model" in (yaml.safe_load(f) or {}):
+                return True
+    return False
+
+
+def main(argv=None):
+    parser = build_parser()
+    args, _ = parser.parse_known_args(argv)
     config_file_list = args.config_files.strip().split(" ") if args.config_files else None
-    return run(
-        args.model,
-        args.dataset,
-        config_file_list=config_file_list,
-        nproc=args.nproc,
-        world_size=args.world_size,
-        ip=args.ip,
-        port=args.port,
-        group_offset=args.group_offset,
-    )
+    if not args.benchmark and args.model is None and not _model_in_config_files(config_file_list):
+        parser.print_help()
+        print(f"\nNo --model given, so nothing was run. To start: {QUICK_START}")
+        raise SystemExit(2)
+    try:
+        if args.benchmark:
+            return _run_benchmark(argv)
+        return run(
+            args.model,
+            args.dataset,
+            config_file_list=config_file_list,
+            nproc=args.nproc,
+            world_size=args.world_size,
+            ip=args.ip,
+            port=args.port,
+            group_offset=args.group_offset,
+        )
+    except USER_INPUT_ERRORS as error:
+        print(f"{type(error).__name__}: {error}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -16,6 +16,8 @@ reading ``recbole/properties/model/<name>.yaml``. Registration therefore
   ``recbole.data.dataset``), so ``run_recbole``, ``load_data_and_model`` and DDP workers use them;
 * checks model names in ``Config`` first, so a typo gets an error that lists the available models
   instead of RecBole's ``ModuleNotFoundError: lightgbm``.
+* checks config values (types and ranges, ``recbole_ext.config_check``) once ``Config`` has merged
+  them, before any data is loaded.
 """
 
 import difflib
@@ -26,6 +28,8 @@ import pkgutil
 import sys
 
 from recbole.utils import ModelType
+
+from recbole_ext import config_check
 
 _FAMILIES = {
     ModelType.GENERAL: "general_recommender",
@@ -146,4 +150,5 @@ def _hook_config_once():
 
     Config._load_internal_config_dict = _load_internal_config_dict
     Config._get_model_and_dataset = _get_model_and_dataset
+    config_check.install(Config)
     _CONFIG_HOOKED = True

@@ -40,7 +40,8 @@ def test_two_model_two_seed_smoke_benchmark(tiny_config, tmp_path, capsys):
     bench_file.write_text(yaml.safe_dump(
         {"dataset": "tiny", "models": ["SASRec", "TedRec-fast"], "seeds": [1, 2], "config": shared,
          "extra_test_modes": ["uni100"],
-         "model_config": {"TedRec-fast": {"model": "TedRec", "adaptor_dropout_scope": "item"}}}
+         "model_config": {"TedRec-fast": {"model": "TedRec", "adaptor_dropout_scope": "item"},
+                          "Broken": {"model": "SASRec", "hidden_size": -5}}}
     ))
     out = tmp_path / "out"
     command = f"python run_recbole_ext.py --benchmark={bench_file} --output_dir={out}"
@@ -79,17 +80,17 @@ def test_two_model_two_seed_smoke_benchmark(tiny_config, tmp_path, capsys):
     assert (out / "metrics.png").stat().st_size > 1000
 
     # Re-running skips finished runs; a crashing run is recorded and the rest go on.
-    records = main([f"--benchmark={bench_file}", f"--output_dir={out}", "--models=SASRec,TedRec-fast,Nope",
+    records = main([f"--benchmark={bench_file}", f"--output_dir={out}", "--models=SASRec,TedRec-fast,Broken",
                     "--seeds=1"])
     printed = capsys.readouterr().out
     assert printed.count("done before, skipped") == 2
     assert [r["status"] for r in records] == ["ok", "ok", "failed"]
-    assert "Unknown model 'Nope'" in records[2]["error"]
-    assert "FAILED: Nope seed 1" in (out / "summary.md").read_text()
-    assert os.path.isfile(out / "runs" / "Nope-seed1" / "run.log")
+    assert "hidden_size=-5 must be > 0" in records[2]["error"]
+    assert "FAILED: Broken seed 1" in (out / "summary.md").read_text()
+    assert os.path.isfile(out / "runs" / "Broken-seed1" / "run.log")
 
     # --summary_only collects finished runs and starts none (the failed one is left out, not retried).
-    records = main([f"--benchmark={bench_file}", f"--output_dir={out}", "--models=SASRec,Nope", "--seeds=1,3",
+    records = main([f"--benchmark={bench_file}", f"--output_dir={out}", "--models=SASRec,Broken", "--seeds=1,3",
                     "--summary_only"])
     printed = capsys.readouterr().out
     assert [(r["model"], r["seed"]) for r in records] == [("SASRec", 1)]

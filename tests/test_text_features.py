@@ -108,6 +108,28 @@ def test_user_file_with_wrong_rows_or_width_is_reported(tiny_config, tmp_path):
         tf.load_item_text_embeddings(config, dataset)
 
 
+def test_user_file_of_wider_vectors_whose_floats_divide_by_plm_size_is_refused(tiny_config, tmp_path):
+    root = write_tiny_dataset(tmp_path / "data")
+    config = _config(tiny_config, data_path=root, plm_suffix="feat1CLS")
+    dataset = create_dataset(config)
+    rows = max(int(t) for t in dataset.field2id_token["item_id"][1:]) + 1
+    provided, _ = tf.feature_file_candidates(config)
+    np.ones((rows, 64), dtype=np.float32).tofile(provided)  # 64-d vectors, read as 32-d: 2 x rows rows
+    with pytest.raises(TextFeatureError, match=rf"read as 32-d vectors has {2 * rows} rows.*64-d vectors"):
+        tf.load_item_text_embeddings(config, dataset)
+    np.ones((rows, 32), dtype=np.float32).tofile(provided)  # the right width loads
+    assert tf.load_item_text_embeddings(config, dataset).shape == (dataset.item_num, 32)
+
+
+def test_file_that_no_longer_matches_its_sidecar_is_refused(tiny_config, tmp_path):
+    config = _config(tiny_config, text_feature_dir=str(tmp_path / "f"))
+    path = tf.build_text_features(config, show_progress=False)
+    meta = json.load(open(path + ".json"))
+    np.ones((meta["rows"], 64), dtype=np.float32).tofile(path)  # replaced by 64-d vectors, same name
+    with pytest.raises(TextFeatureError, match=rf"sidecar .* records {meta['rows']} rows x 32"):
+        tf.load_item_text_embeddings(config, create_dataset(config))
+
+
 def test_stale_generated_file_is_reported(tiny_config, tmp_path):
     config = _config(tiny_config, text_feature_dir=str(tmp_path / "f"))
     tf.build_text_features(config, show_progress=False)

@@ -144,7 +144,10 @@ def build_item_relations(config, dataset):
     sources = {}
     if kg_relations:
         kg = _kg_pairs(config, dataset, item_tokens)
-        wanted = sorted(kg) if kg_relations == AUTO else list(kg_relations)
+        if kg_relations == AUTO:
+            wanted = sorted(kg)
+        else:  # one relation name given as a string, e.g. --kg_relations=film.film.director
+            wanted = [kg_relations] if isinstance(kg_relations, str) else list(kg_relations)
         unknown = [r for r in wanted if r not in kg]
         if unknown:
             raise RelationDataError(

@@ -224,6 +224,37 @@ def _check_meta(path, meta, config):
         )
 
 
+def _check_shape(path, n_floats, plm_size, meta, tokens):
+    """Rows x width of the file against its sidecar or, without one, against the dataset's items.
+
+    A file of wider vectors read with a smaller ``plm_size`` that divides its float count (768-d
+    read as 384-d) would otherwise give every item a wrong vector without any error."""
+    if meta is not None:
+        expected = (meta.get("rows"), meta.get("dim"))
+        if None not in expected and n_floats != expected[0] * expected[1]:
+            raise TextFeatureError(
+                f"Text feature file '{path}' holds {n_floats} floats, but its sidecar {_meta_path(path)} "
+                f"records {expected[0]} rows x {expected[1]}: the file was replaced or cut. Delete both "
+                "files to rebuild them, or restore the file the sidecar describes."
+            )
+        return
+    numeric = [int(t) for t in tokens[1:] if str(t).isdigit()]
+    if not numeric:
+        return  # non-integer tokens without a sidecar: the row check below reports it
+    item_rows = max(numeric) + 1  # rows are indexed by integer token: 0 .. largest token
+    rows = n_floats // plm_size
+    if rows >= 2 * item_rows:
+        width = n_floats / item_rows
+        hint = f"{int(width)}-d vectors" if width.is_integer() else "vectors of another width"
+        raise TextFeatureError(
+            f"Text feature file '{path}' read as {plm_size}-d vectors has {rows} rows, but the dataset's "
+            f"item tokens go up to {item_rows - 1} (at most {item_rows} rows expected). It most likely holds "
+            f"{hint}: set `plm_size` to the width of the encoder that wrote it "
+            f"({n_floats} floats / {item_rows} rows = {width:g}). If the file really holds {plm_size}-d "
+            f"vectors for more items, keep only its first {item_rows} rows."
+        )
+
+
 def load_item_text_embeddings(config, dataset):
     """Text features aligned to RecBole's internal item ids: float32 [n_items, plm_size], PAD row 0.
 
@@ -249,8 +280,9 @@ def load_item_text_embeddings(config, dataset):
             f"Text feature file '{path}' holds {raw.size} floats, not a whole number of "
             f"{plm_size}-d rows. Check `plm_size` against the encoder that wrote it, or rebuild it."
         )
-    raw = raw.reshape(-1, plm_size)
     tokens = dataset.field2id_token[config["ITEM_ID_FIELD"]]
+    _check_shape(path, raw.size, plm_size, meta, tokens)
+    raw = raw.reshape(-1, plm_size)
     if meta is not None and meta.get("tokens") is not None:
         row_of = {token: row for row, token in enumerate(meta["tokens"])}
     else:
