@@ -411,7 +411,7 @@ def test_missing_kg_files_name_what_to_add(lrd_config, tmp_path):
         ({"n_heads": 3}, ValueError, "divisible by n_heads"),
         ({"entropy_mode": "max"}, ValueError, "entropy_mode"),
         ({"eval_chunk_pairs": 0}, ValueError, "eval_chunk_pairs"),
-        ({"eval_fused_attention": "yes"}, ValueError, "eval_fused_attention must be True or False"),
+        ({"eval_fused_attention": "yes"}, ValueError, "eval_fused_attention=.yes. must be bool"),  # config check
         ({"train_neg_sample_args": None, "loss_type": "CE"}, ValueError, "BPR against sampled negatives"),
         ({"text_encoder": "/nonexistent/encoder", "plm_suffix": "feat1Missing"}, TextFeatureError, "encoder"),
     ],

@@ -281,14 +281,14 @@ def test_bpr_is_refused_with_a_clear_error(tiny_config):
 
 @pytest.mark.parametrize("key,value,message", [
     ("adaptor_layers", [32, 8], r"adaptor_layers must be \[plm_size, hidden_size\] = \[32, 16\]"),
-    ("temperature", 0, "temperature must be > 0"),
-    ("n_exps", 0, "n_exps must be a positive integer"),
+    ("temperature", 0, "temperature=0 must be > 0"),  # the config check, when Config is built
+    ("n_exps", 0, "n_exps=0 must be > 0"),
     ("adaptor_dropout_scope", "batch", "adaptor_dropout_scope must be 'position' or 'item'"),
 ])
 def test_bad_config_values_are_reported(tiny_config, key, value, message, monkeypatch):
     monkeypatch.setattr(tedrec_module, "load_item_text_embeddings", lambda c, d: torch.zeros(10, 32))
-    config = Config(model="TedRec", dataset="tiny", config_dict=dict(tiny_config, **{key: value}))
     with pytest.raises(ValueError, match=message):
+        config = Config(model="TedRec", dataset="tiny", config_dict=dict(tiny_config, **{key: value}))
         TedRec(config, _ItemCountDataset(10))
 
 
