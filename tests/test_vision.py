@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from recbole_ext.data import image_features as imf
+from recbole_ext.data import images as images_module
 from recbole_ext.data import synthetic_images as syn
 from recbole_ext.data.images import ImageDataError, ItemImages
 from recbole_ext.modules.connector import QFormerConnector
@@ -43,6 +44,13 @@ def digits_root(tmp_path_factory):
     return root
 
 
+class _Config(dict):
+    """RecBole's Config returns None for keys it does not hold."""
+
+    def __getitem__(self, key):
+        return self.get(key)
+
+
 def _pil(color, size=(20, 12)):
     from PIL import Image
 
@@ -64,6 +72,20 @@ def test_hf_clip_tower_gives_all_tokens_and_unnormalised_cls(tiny_clip):
     torch.testing.assert_close(tokens, hidden)
     torch.testing.assert_close(pooled, hidden[:, 0])
     assert not torch.allclose(tokens[0], tokens[1])
+
+
+def test_full_clip_checkpoint_uses_its_vision_tower(tmp_path):
+    from transformers import CLIPConfig, CLIPModel
+
+    torch.manual_seed(0)
+    tower = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2)
+    clip = CLIPModel(CLIPConfig(text_config=dict(tower, vocab_size=99), projection_dim=8,
+                                vision_config=dict(tower, image_size=TINY_IMAGE, patch_size=TINY_PATCH)))
+    clip.save_pretrained(str(tmp_path))  # no preprocessor_config.json: CLIP defaults at the config's size
+    encoder = FrozenVisionEncoder(str(tmp_path))
+    assert encoder.preprocess.image_size == TINY_IMAGE and encoder.preprocess.mean[0] == pytest.approx(0.4815, abs=1e-4)
+    pixels = torch.randn(2, 3, TINY_IMAGE, TINY_IMAGE)
+    torch.testing.assert_close(encoder(pixels)[0], clip.vision_model(pixel_values=pixels).last_hidden_state)
 
 
 def test_encoder_is_frozen_and_stays_in_eval(tiny_clip):
@@ -194,6 +216,14 @@ def test_missing_and_unreadable_images_become_zero_images_counted_and_logged_onc
     assert sum("Cannot decode image" in m for m in messages) == 1
 
 
+def test_dataset_has_images(digits_root):
+    from tests.conftest import ML100K_DIR
+
+    config = _Config(dataset="digits-mm", data_path=os.path.join(digits_root, "digits-mm"))
+    assert images_module.dataset_has_images(config)
+    assert not images_module.dataset_has_images(_Config(dataset="ml-100k", data_path=ML100K_DIR))
+
+
 def test_image_column_naming_no_file_is_one_clear_error(tmp_path):
     item_file = _write_item_file(str(tmp_path), [("1", "a", "posters/1.jpg"), ("2", "b", "posters/2.jpg")])
     with pytest.raises(ImageDataError, match="None of the 2 image paths.*image_root"):
@@ -206,13 +236,6 @@ def test_image_column_naming_no_file_is_one_clear_error(tmp_path):
 
 
 # ---------------------------------------------------------------- feature cache
-
-class _Config(dict):
-    """RecBole's Config returns None for keys it does not hold."""
-
-    def __getitem__(self, key):
-        return self.get(key)
-
 
 def _cache_config(digits_root, tiny_clip, tmp_path, **overrides):
     return _Config(dataset="digits-mm", data_path=os.path.join(digits_root, "digits-mm"), ITEM_ID_FIELD="item_id",
@@ -330,3 +353,12 @@ def test_generator_cli(tmp_path, capsys):
     folder = syn.main(["--out", str(tmp_path), "--name", "mini", "--n_users", "10", "--n_items", "20",
                        "--seq_len_min", "3", "--seq_len_max", "4"])
     assert os.path.isfile(os.path.join(folder, "mini.inter")) and "best text-only guess" in capsys.readouterr().out
+
+
+def test_feature_cache_cli_builds_once(digits_root, tiny_clip, tmp_path, monkeypatch, capsys):
+    argv = ["--dataset=digits-mm", f"--data_path={digits_root}", f"--vision_encoder={tiny_clip}",
+            f"--image_feature_dir={tmp_path / 'cli'}", "--show_progress=False"]
+    monkeypatch.setattr("sys.argv", ["image_features", *argv])  # RecBole's Config reads --key=value there
+    stem = imf.main(argv)
+    assert stem.startswith(str(tmp_path / "cli")) and os.path.isfile(stem + ".npz")
+    assert imf.main(argv) == stem and "exists; pass --overwrite" in capsys.readouterr().out

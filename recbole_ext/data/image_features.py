@@ -191,7 +191,7 @@ def main(argv=None):
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--dataset", "-d", required=True)
-    parser.add_argument("--model", "-m", default="SASRec", help="model whose props give the defaults")
+    parser.add_argument("--model", "-m", default="NoteLLM", help="model whose props give the defaults")
     parser.add_argument("--config_files", default=None, help="space-separated config files")
     parser.add_argument("--overwrite", action="store_true", help="rebuild even if the cache exists")
     args, _ = parser.parse_known_args(argv)

@@ -48,6 +48,13 @@ def read_item_image_paths(item_file, item_field, image_field=DEFAULT_IMAGE_FIELD
     return frame[item_field].tolist(), frame[image_field].tolist()
 
 
+def dataset_has_images(config):
+    """Whether the dataset's ``.item`` file has the ``image_field`` column (to fall back to text only)."""
+    item_file = os.path.join(config["data_path"], f"{config['dataset']}.item")
+    field = config["image_field"] or DEFAULT_IMAGE_FIELD
+    return os.path.isfile(item_file) and field in read_atomic_header(item_file, config["field_separator"] or "\t")
+
+
 class ItemImages:
     """Image files of items in a fixed order (row ``i`` = item ``tokens[i]``; ``None`` = no image).
 
