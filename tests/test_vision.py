@@ -245,19 +245,20 @@ def _cache_config(digits_root, tiny_clip, tmp_path, **overrides):
 
 def test_feature_cache_miss_builds_then_hits_and_aligns_to_internal_ids(digits_root, tiny_clip, tmp_path, monkeypatch):
     config = _cache_config(digits_root, tiny_clip, tmp_path)
-    tokens = np.array(["[PAD]", "7", "3", "60", "1"])  # internal id -> item token, not in file order
+    # internal id -> item token, not in file order; "999" has no row in the .item file
+    tokens = np.array(["[PAD]", "7", "3", "60", "1", "999"])
     dataset = SimpleNamespace(field2id_token={"item_id": tokens})
     encoder = FrozenVisionEncoder(tiny_clip)
     features = imf.load_item_image_features(config, dataset, encoder)
     stem = imf.image_feature_stem(config)
     assert os.path.isfile(stem + ".npz") and json.load(open(stem + ".json"))["rows"] == 60
-    assert features.tokens.shape == (5, encoder.num_tokens, 16) and features.pooled.shape == (5, 16)
-    assert features.has_image.tolist() == [False, True, True, True, True]
+    assert features.tokens.shape == (6, encoder.num_tokens, 16) and features.pooled.shape == (6, 16)
+    assert features.has_image.tolist() == [False, True, True, True, True, False]
     assert not features.tokens[0].any() and not features.pooled[0].any()
     from PIL import Image
 
-    images = [Image.open(os.path.join(config["data_path"], "images", f"{t}.png")) for t in tokens[1:]]
-    direct_tokens, direct_pooled = encoder.encode_images(images)
+    images = [Image.open(os.path.join(config["data_path"], "images", f"{t}.png")) for t in tokens[1:5]]
+    direct_tokens, direct_pooled = encoder.encode_images(images + [None])
     torch.testing.assert_close(features.pooled[1:], direct_pooled)
     torch.testing.assert_close(features.tokens[1:], direct_tokens, atol=2e-2, rtol=2e-3)  # stored as float16
 

