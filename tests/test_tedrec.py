@@ -300,3 +300,27 @@ def test_full_and_sampled_evaluation_through_run_recbole(tiny_config, mode):
     assert 0 <= test["ndcg@10"] <= test["recall@10"] <= 1
     if mode == "uni100":  # 1 positive among 101 candidates: chance recall@10 is about 0.1
         assert test["recall@10"] > 0.05
+
+
+@pytest.mark.parametrize("ablation", ["text_shuffle_seed", "text_random_seed"])
+def test_text_ablations_reach_the_model(tiny_config, ablation):
+    """Shuffled text keeps the set of vectors; random text keeps every item's norm; neither keeps the text."""
+    def text_table(**overrides):
+        config = Config(model="TedRec", dataset="tiny", config_dict=dict(tiny_config, **overrides))
+        return TedRec(config, create_dataset(config)).plm_embedding.weight
+
+    true_text, ablated = text_table(), text_table(**{ablation: 5})
+    assert not ablated[0].any()  # the PAD row stays zero
+    if ablation == "text_random_seed":
+        torch.testing.assert_close(ablated.norm(dim=1), true_text.norm(dim=1))
+    else:
+        assert sorted(map(tuple, ablated[1:].tolist())) == sorted(map(tuple, true_text[1:].tolist()))
+    cosine = F.cosine_similarity(ablated[1:], true_text[1:], dim=1)
+    assert (cosine < 0.99).float().mean() > 0.5
+    torch.testing.assert_close(text_table(**{ablation: 5}), ablated)  # seeded
+
+
+def test_random_and_shuffled_text_together_are_refused(tiny_config):
+    config = Config(model="TedRec", dataset="tiny", config_dict=dict(tiny_config, text_shuffle_seed=0, text_random_seed=0))
+    with pytest.raises(ValueError, match="text_shuffle_seed and text_random_seed"):
+        TedRec(config, create_dataset(config))
