@@ -324,3 +324,26 @@ def test_random_and_shuffled_text_together_are_refused(tiny_config):
     config = Config(model="TedRec", dataset="tiny", config_dict=dict(tiny_config, text_shuffle_seed=0, text_random_seed=0))
     with pytest.raises(ValueError, match="text_shuffle_seed and text_random_seed"):
         TedRec(config, create_dataset(config))
+
+
+def test_the_text_of_history_items_reaches_the_scores(prepared):
+    """Plumbing: an item's text vector changes the scores of sequences that hold the item and of no
+    other sequence (candidates are scored by ID alone), and the loss trains the text branch."""
+    _, model, train_data, _ = prepared
+    batch = _first_batch(train_data)[:32]
+    seq = batch["item_id_list"]
+    item = int(seq[0, 0])
+    holds_item = (seq == item).any(1)
+    assert holds_item.any() and not holds_item.all()
+    model.eval()
+    before = model.full_sort_predict(batch)
+    with torch.no_grad():
+        model.plm_embedding.weight[item] = torch.randn_like(model.plm_embedding.weight[item])
+    after = model.full_sort_predict(batch)
+    assert (after[holds_item] - before[holds_item]).abs().amax(1).min() > 1e-4
+    torch.testing.assert_close(after[~holds_item], before[~holds_item])
+
+    model.train()
+    model.calculate_loss(batch).backward()
+    for name in ("moe_adaptor.expert_weight", "moe_adaptor.w_gate", "fusion.fusion_gating.weight"):
+        assert model.get_parameter(name).grad.abs().sum() > 0, name
