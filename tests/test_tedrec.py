@@ -300,3 +300,50 @@ def test_full_and_sampled_evaluation_through_run_recbole(tiny_config, mode):
     assert 0 <= test["ndcg@10"] <= test["recall@10"] <= 1
     if mode == "uni100":  # 1 positive among 101 candidates: chance recall@10 is about 0.1
         assert test["recall@10"] > 0.05
+
+
+@pytest.mark.parametrize("ablation", ["text_shuffle_seed", "text_random_seed"])
+def test_text_ablations_reach_the_model(tiny_config, ablation):
+    """Shuffled text keeps the set of vectors; random text keeps every item's norm; neither keeps the text."""
+    def text_table(**overrides):
+        config = Config(model="TedRec", dataset="tiny", config_dict=dict(tiny_config, **overrides))
+        return TedRec(config, create_dataset(config)).plm_embedding.weight
+
+    true_text, ablated = text_table(), text_table(**{ablation: 5})
+    assert not ablated[0].any()  # the PAD row stays zero
+    if ablation == "text_random_seed":
+        torch.testing.assert_close(ablated.norm(dim=1), true_text.norm(dim=1))
+    else:
+        assert sorted(map(tuple, ablated[1:].tolist())) == sorted(map(tuple, true_text[1:].tolist()))
+    cosine = F.cosine_similarity(ablated[1:], true_text[1:], dim=1)
+    assert (cosine < 0.99).float().mean() > 0.5
+    torch.testing.assert_close(text_table(**{ablation: 5}), ablated)  # seeded
+
+
+def test_random_and_shuffled_text_together_are_refused(tiny_config):
+    config = Config(model="TedRec", dataset="tiny", config_dict=dict(tiny_config, text_shuffle_seed=0, text_random_seed=0))
+    with pytest.raises(ValueError, match="text_shuffle_seed and text_random_seed"):
+        TedRec(config, create_dataset(config))
+
+
+def test_the_text_of_history_items_reaches_the_scores(prepared):
+    """Plumbing: an item's text vector changes the scores of sequences that hold the item and of no
+    other sequence (candidates are scored by ID alone), and the loss trains the text branch."""
+    _, model, train_data, _ = prepared
+    batch = _first_batch(train_data)[:32]
+    seq = batch["item_id_list"]
+    item = int(seq[0, 0])
+    holds_item = (seq == item).any(1)
+    assert holds_item.any() and not holds_item.all()
+    model.eval()
+    before = model.full_sort_predict(batch)
+    with torch.no_grad():
+        model.plm_embedding.weight[item] = torch.randn_like(model.plm_embedding.weight[item])
+    after = model.full_sort_predict(batch)
+    assert (after[holds_item] - before[holds_item]).abs().amax(1).min() > 1e-4
+    torch.testing.assert_close(after[~holds_item], before[~holds_item])
+
+    model.train()
+    model.calculate_loss(batch).backward()
+    for name in ("moe_adaptor.expert_weight", "moe_adaptor.w_gate", "fusion.fusion_gating.weight"):
+        assert model.get_parameter(name).grad.abs().sum() > 0, name

@@ -260,7 +260,8 @@ def load_item_text_embeddings(config, dataset):
 
     ``plm_size: ~`` takes the width from the file's sidecar (files this module wrote).
     ``text_shuffle_seed: <int>`` permutes the vectors across items (an ablation: the same vectors,
-    so the same distribution, but no item keeps its own text)."""
+    so the same distribution, but no item keeps its own text); ``text_random_seed: <int>`` replaces
+    them by random vectors of the same norms (the TedRec paper's random-vector ablation)."""
     path = _ensure_feature_file(config)
     plm_size = config["plm_size"]
     meta = None
@@ -301,10 +302,23 @@ def load_item_text_embeddings(config, dataset):
     no_text = int((np.abs(weight[1:]).sum(1) == 0).sum())
     if no_text:
         getLogger().warning(f"{no_text} items have no text in '{path}' and get a zero text vector.")
+    if config["text_shuffle_seed"] is not None and config["text_random_seed"] is not None:
+        raise TextFeatureError("Set at most one of text_shuffle_seed and text_random_seed (two ablations of the text).")
     if config["text_shuffle_seed"] is not None:
         weight[1:] = weight[1:][np.random.default_rng(config["text_shuffle_seed"]).permutation(len(tokens) - 1)]
         getLogger().warning(f"Ablation: text vectors permuted across items (text_shuffle_seed {config['text_shuffle_seed']}).")
+    if config["text_random_seed"] is not None:
+        weight = random_vectors_of_same_norm(weight, config["text_random_seed"])
+        getLogger().warning(f"Ablation: text vectors replaced by random ones of the same norm (text_random_seed {config['text_random_seed']}).")
     return torch.from_numpy(weight)
+
+
+def random_vectors_of_same_norm(weight, seed):
+    """Every row replaced by an isotropic Gaussian direction scaled to the row's norm (zero rows stay zero):
+    TedRec's "random 768-d vectors" ablation, keeping each item's scale but none of its text."""
+    noise = np.random.default_rng(seed).standard_normal(weight.shape).astype(np.float32)
+    scale = np.linalg.norm(weight, axis=1, keepdims=True) / np.linalg.norm(noise, axis=1, keepdims=True)
+    return noise * scale
 
 
 def main(argv=None):

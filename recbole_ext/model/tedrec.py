@@ -48,6 +48,9 @@ class TedRec(SASRec):
           approximation, off by default.
         * ``text_fusion: False`` (an ablation, not in the official code) drops the text branch
           (adapter and fusion), leaving SASRec trained with TedRec's cosine/temperature loss.
+          ``text_shuffle_seed`` (text vectors permuted across items) and ``text_random_seed`` (random
+          vectors of the same norms, the paper's random-vector ablation) keep the model and replace
+          what the items say: controls for whether a gain comes from the text.
         * The adapter's dropout masks, and on CPU also those of SASRec's input and Transformer, take
           16 random bits per element (:func:`~recbole_ext.modules.layers.random_keep_mask`: the drop
           probability is rounded to a multiple of 1/65536, exact for the official 0.5), and the
