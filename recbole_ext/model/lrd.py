@@ -39,7 +39,9 @@ regulariser); ``leave_one_latent`` drops the virtual relation 0 from the reconst
 Deviations: relation types come from the RecBole dataset's KG (``.kg`` + ``.link``) and/or ``.item``
 token fields rather than ReChorus ``item_meta.csv``; multi-valued attributes use the mean of their
 value embeddings; KG triples are drawn per batch (``train_batch_size`` of them, with replacement)
-rather than once per epoch; training negatives come from RecBole's sampler (excludes the user's
+rather than once per epoch; ``kg_weight: -1`` divides the number of triples by the training rows
+RecBole hands the model (official: by all interactions, train + dev + test; set it explicitly to
+match, as ``props/benchmarks/lrd-office.yaml`` does); training negatives come from RecBole's sampler (excludes the user's
 training items, not all of their items); LRD's per-slot negatives are resampled when they hit the
 row's own history or target (the official code excludes the user's whole clicked set); the default
 text vectors come from all-MiniLM-L6-v2 instead of OpenAI ada-002; one ``weight_decay`` for all
