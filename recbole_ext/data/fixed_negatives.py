@@ -107,7 +107,8 @@ def phase_samplers(config, dataset, built_datasets):
         return {}
     users, items, negatives = _read_listed_rows(config, dataset)
     if not users:
-        raise FixedNegativesError(f"Eval mode '{MODE}': no .inter row lists `{config['eval_negatives_field']}`.")
+        field = config["eval_negatives_field"] or DEFAULT_FIELD
+        raise FixedNegativesError(f"Eval mode '{MODE}': no .inter row lists any `{field}`.")
     width = len(negatives[0])
     per_user = {}
     for user, item, listed in zip(users, items, negatives):
