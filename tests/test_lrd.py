@@ -419,3 +419,25 @@ def test_missing_kg_files_name_what_to_add(lrd_config, tmp_path):
 def test_bad_configuration_gets_a_clear_error(lrd_config, overrides, error, message):
     with pytest.raises(error, match=message):
         _build(lrd_config, **overrides)
+
+
+def test_official_plateau_stopping_rule(lrd_config):
+    from recbole_ext.model.lrd import LRDTrainer, plateaued
+
+    rising = [0.1 + 0.01 * i for i in range(21)]
+    assert plateaued(rising + [0.3, 0.3, 0.29, 0.2, 0.2], 5)  # 5 values, none above the one before
+    assert not plateaued(rising + [0.3, 0.3, 0.29, 0.2, 0.21], 5)
+    assert not plateaued(rising[:15] + [0.3, 0.3, 0.29, 0.2, 0.2], 5)  # only after 20 evaluations
+    assert not plateaued(rising + [0.3, 0.2, 0.1, 0.0, 0.0], 0)  # 0 = off
+
+    config, _, model, _, valid = _build(lrd_config)
+    trainer = get_trainer(config["MODEL_TYPE"], "LRD")(config, model)
+    assert isinstance(trainer, LRDTrainer) and trainer.stopping_plateau == 5
+    trainer.valid_scores = rising + [0.35, 0.34, 0.33, 0.32]
+    trainer.best_valid_score, trainer.cur_step = 0.36, 4
+    score, _ = trainer._valid_epoch(valid)
+    assert score < 0.32  # the untrained model: a fifth non-increasing value, below the best
+    assert trainer.cur_step == trainer.stopping_step  # RecBole's early_stopping makes it stop_step + 1
+    trainer.valid_scores, trainer.cur_step = rising, 0
+    trainer._valid_epoch(valid)
+    assert trainer.cur_step == 0  # no plateau: RecBole's own rule decides

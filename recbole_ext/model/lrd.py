@@ -32,6 +32,10 @@ In evaluation on CPU the attention over the relation tokens runs in a fused C++ 
 (``recbole_ext.modules.fused_attention``, ``eval_fused_attention``): the same scores up to float32
 rounding, ~0.7x the full-ranking time on 2 cores.
 
+Early stopping as the official code: ``stopping_step`` evaluations without a better score (RecBole's
+rule; the official one counts more than 20 epochs since the best) or, after 20 evaluations, the last
+``stopping_plateau`` scores never increasing (``LRDTrainer``).
+
 Followed from the official code where the paper differs or is silent: no Gumbel/temperature (``q``
 is a plain softmax); the entropy is *minimised* (``entropy_mode: maximize`` gives the usual DVAE
 regulariser); ``leave_one_latent`` drops the virtual relation 0 from the reconstruction.
@@ -39,7 +43,9 @@ regulariser); ``leave_one_latent`` drops the virtual relation 0 from the reconst
 Deviations: relation types come from the RecBole dataset's KG (``.kg`` + ``.link``) and/or ``.item``
 token fields rather than ReChorus ``item_meta.csv``; multi-valued attributes use the mean of their
 value embeddings; KG triples are drawn per batch (``train_batch_size`` of them, with replacement)
-rather than once per epoch; training negatives come from RecBole's sampler (excludes the user's
+rather than once per epoch; ``kg_weight: -1`` divides the number of triples by the training rows
+RecBole hands the model (official: by all interactions, train + dev + test; set it explicitly to
+match, as ``props/benchmarks/lrd-office.yaml`` does); training negatives come from RecBole's sampler (excludes the user's
 training items, not all of their items); LRD's per-slot negatives are resampled when they hit the
 row's own history or target (the official code excludes the user's whole clicked set); the default
 text vectors come from all-MiniLM-L6-v2 instead of OpenAI ada-002; one ``weight_decay`` for all
@@ -52,6 +58,7 @@ from logging import getLogger
 import torch
 import torch.nn.functional as F
 from recbole.model.abstract_recommender import SequentialRecommender
+from recbole.trainer import Trainer
 from recbole.utils import InputType
 from torch import nn
 
@@ -63,6 +70,7 @@ from recbole_ext.modules.fused_attention import load_relation_attention
 BACKBONES = ("rcf", "kda")
 ENTROPY_MODES = ("minimize", "maximize")
 _RESAMPLE_ROUNDS = 10
+_PLATEAU_AFTER = 20  # the official code checks for a plateau only after 20 evaluations
 
 
 class RelationSelfAttentionLayer(nn.Module):
@@ -469,3 +477,29 @@ class LRD(SequentialRecommender):
     def full_sort_predict(self, interaction):
         all_items = torch.arange(self.n_items, device=self.item_bias.weight.device)
         return self.forward(interaction, all_items)  # [B, n_items]
+
+
+def plateaued(scores, window):
+    """The official code's second stopping rule: more than 20 evaluations, and the last ``window``
+    validation scores never increase."""
+    recent = scores[-window:]
+    return window > 1 and len(scores) > _PLATEAU_AFTER and len(recent) == window and all(
+        earlier >= later for earlier, later in zip(recent, recent[1:]))
+
+
+class LRDTrainer(Trainer):
+    """RecBole's Trainer plus the official stopping rule ``plateaued`` (``stopping_plateau``), beside
+    RecBole's ``stopping_step`` (the official code's other rule: over 20 epochs since the best)."""
+
+    def __init__(self, config, model):
+        super().__init__(config, model)
+        self.stopping_plateau = config["stopping_plateau"] or 0
+        self.valid_scores = []
+
+    def _valid_epoch(self, valid_data, show_progress=False):
+        valid_score, valid_result = super()._valid_epoch(valid_data, show_progress=show_progress)
+        self.valid_scores.append(valid_score)
+        stalled = self.valid_metric_bigger and valid_score < self.best_valid_score
+        if stalled and plateaued(self.valid_scores, self.stopping_plateau):
+            self.cur_step = self.stopping_step  # RecBole's early_stopping adds one and stops
+        return valid_score, valid_result
