@@ -13,7 +13,7 @@ vocabulary (``v<video_id>`` videos, ``c<comment_id>`` comments)::
   ``event_id`` is a stable key per event (``e<row>``) for per-row side data such as LLM user vectors.
 * ``parent_item`` is the comment's video (a video's own id for a video); ``like_cnt`` is
   ``comment_like_cnt`` (0 for videos); ``text`` is ``caption`` + ``category`` for a video and
-  ``comment_content`` for a comment (tabs, newlines and quotes replaced by spaces). RecBole never
+  ``comment_content`` for a comment (quotes and runs of whitespace replaced by one space). RecBole never
   loads ``text`` (LSVCR's ``load_col`` leaves it out); the text-feature builder reads it.
 * Video events are the rows with ``is_like == 1`` (``--video_event like_or_long_view`` adds
   ``long_view == 1``); every ``user_comment_inter`` row is a comment event. Times become seconds
@@ -95,7 +95,7 @@ def _unknown(ids, known, what, name, column):
 
 
 def _clean_text(series):
-    return series.str.replace(r'[\t\r\n"]+', " ", regex=True).str.strip()
+    return series.str.replace(r'["\s]+', " ", regex=True).str.strip()
 
 
 def build_atomic_frames(input_dir, video_event="like", max_comments_per_video=None):

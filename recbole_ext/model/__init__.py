@@ -2,9 +2,10 @@
 
 from recbole_ext.model.frozen_text_i2i import FrozenTextI2I
 from recbole_ext.model.lrd import LRD
+from recbole_ext.model.lsvcr import LSVCR
 from recbole_ext.model.notellm import NoteLLM
 from recbole_ext.model.tedrec import TedRec
 
-MODELS = [TedRec, LRD, NoteLLM, FrozenTextI2I]
+MODELS = [TedRec, LRD, LSVCR, NoteLLM, FrozenTextI2I]
 
-__all__ = ["TedRec", "LRD", "NoteLLM", "FrozenTextI2I", "MODELS"]
+__all__ = ["TedRec", "LRD", "LSVCR", "NoteLLM", "FrozenTextI2I", "MODELS"]
