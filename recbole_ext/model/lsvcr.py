@@ -44,6 +44,7 @@ from tqdm import tqdm
 
 from recbole_ext.compat import recbole_checkpoint_load
 from recbole_ext.data.text_features import load_item_text_embeddings, read_item_fields
+from recbole_ext.modules.layers import FastDropout, set_dropout_class
 
 PAD, VIDEO, COMMENT = 0, 1, 2
 TASKS = ("video", "comment", "joint")
@@ -276,6 +277,8 @@ class LSVCR(SequentialRecommender):
         * Evaluation is RecBole's full ranking (all videos; all comments of the current video), not the
           code's 1 + 99 sampled videos / comment lists capped at 100. ``lsvcr_task: joint`` (one model
           for both tasks) is an extension; the paper trains one stage-2 model per task.
+        * Dropout masks on the CPU come from :class:`~recbole_ext.modules.layers.FastDropout` (the drop
+          probability rounded to a multiple of 1/65536), only for speed.
     """
 
     input_type = InputType.POINTWISE
@@ -351,6 +354,7 @@ class LSVCR(SequentialRecommender):
         self.comment_mix.load_state_dict(self.video_mix.state_dict())
         if config["pretrained_core"]:
             self._load_pretrained_core(config["pretrained_core"])
+        set_dropout_class(self, FastDropout)
 
     def _check_config(self, config, dataset):
         choices = {"lsvcr_task": TASKS, "lsvcr_stage": STAGES, "align_mode": ALIGN_MODES}
@@ -564,13 +568,14 @@ class LSVCR(SequentialRecommender):
         return self.top_comments[videos].gather(-1, pick.unsqueeze(-1)).squeeze(-1)
 
     def _comment_means(self, streams, width):
-        members = self.text_embedding(streams.comment_members)  # [B, L, D]
+        """``A mean(E(c))`` per comment entry (A is affine, so the mean of ``A E(c)`` is the same)."""
+        members = self._text(streams.comment_members)  # [B, L, d]
         batch, _, dim = members.shape
         total = members.new_zeros(batch, width + 1, dim).scatter_add_(
             1, streams.comment_slot.unsqueeze(-1).expand(-1, -1, dim), members)
         count = members.new_zeros(batch, width + 1).scatter_add_(
             1, streams.comment_slot, (streams.comment_members > 0).to(members.dtype))
-        return self.text_projection(total[:, :width] / count[:, :width].clamp(min=1).unsqueeze(-1))
+        return total[:, :width] / count[:, :width].clamp(min=1).unsqueeze(-1)
 
     def forward(self, item_seq, current_video):
         """Fused streams: (H_v [B, Lv, d], video valid, H_c [B, Lc, d], comment valid, text parts).
