@@ -10,7 +10,7 @@ import torch
 from recbole.config import Config
 from recbole.data import create_dataset, data_preparation
 from recbole.quick_start import run_recbole
-from recbole.utils import init_seed
+from recbole.utils import get_model, init_seed
 
 from recbole_ext.data import kuaicomt, synthetic_kuaicomt
 from recbole_ext.model import lsvcr as lsvcr_module
@@ -183,6 +183,24 @@ def test_training_reduces_the_loss(lsvcr_config):
         model.calculate_loss(batch).backward()
         optimizer.step()
     assert model.calculate_loss(batch).item() < 0.8 * first
+
+
+def test_like_count_ranker_orders_the_current_videos_comments(lsvcr_config):
+    result = run_recbole(model="LikeCountRanker", dataset=DATASET, config_dict=lsvcr_config)
+    assert 0 < result["test_result"]["ndcg@10"] <= 1
+    config = Config(model="LikeCountRanker", dataset=DATASET, config_dict=lsvcr_config)
+    dataset = create_dataset(config)
+    _, _, test_data = data_preparation(config, dataset)
+    model = get_model("LikeCountRanker")(config, test_data._dataset)
+    batch = _batch(test_data)
+    scores = model.full_sort_predict(batch)
+    likes = dataset.item_feat["like_cnt"]
+    for row in range(len(batch)):
+        finite = torch.isfinite(scores[row]).nonzero().flatten()
+        assert (model.parent_of[finite] == batch["video_id"][row]).all()
+        assert not set(finite.tolist()) & set(batch["item_id_list"][row].tolist())
+        order = finite[scores[row, finite].argsort(descending=True)]
+        assert (likes[order][:-1] >= likes[order][1:]).all()
 
 
 # ----- stages -------------------------------------------------------------------------------------

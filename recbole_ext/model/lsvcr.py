@@ -24,7 +24,6 @@ the stage-1 checkpoint (``pretrained_core``), adds the video-ID table and its ga
 deployed model (no LLM anywhere in it or in its checkpoint).
 """
 
-import copy
 import hashlib
 import json
 import os
@@ -34,7 +33,6 @@ from logging import getLogger
 import numpy as np
 import torch
 import torch.nn.functional as F
-from recbole.data.dataset import SequentialDataset
 from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.model.layers import FeedForward, TransformerEncoder
 from recbole.trainer import Trainer
@@ -43,11 +41,12 @@ from torch import nn
 from tqdm import tqdm
 
 from recbole_ext.compat import recbole_checkpoint_load
+from recbole_ext.data.interleaved import (
+    COMMENT, TASKS, VIDEO, TaskRowsDataset, behaviour_tokens, item_tables, register_dataset_until_hook,
+)
 from recbole_ext.data.text_features import load_item_text_embeddings, read_item_fields
 from recbole_ext.modules.layers import FastDropout, set_dropout_class
 
-PAD, VIDEO, COMMENT = 0, 1, 2
-TASKS = ("video", "comment", "joint")
 STAGES = ("align", "finetune")
 ALIGN_MODES = ("none", "precomputed", "cotrain")
 TOP_COMMENTS = 3
@@ -58,48 +57,11 @@ class LSVCRConfigError(ValueError):
     """An LSVCR setting or its data does not fit."""
 
 
-def _behaviour_tokens(dataset, field):
-    tokens = dataset.field2token_id.get(field, {})
-    if "v" not in tokens and "c" not in tokens:
-        raise LSVCRConfigError(
-            f"Field '{field}' has no 'v'/'c' values: LSVCR needs the interleaved schema of "
-            "`python -m recbole_ext.data.kuaicomt` (behavior 'v' for a video event, 'c' for a comment event)."
-        )
-    return tokens.get("v", -1), tokens.get("c", -1)
+class LSVCRDataset(TaskRowsDataset):
+    """LSVCR's data: the interleaved sequences, with the rows whose target has ``lsvcr_task``'s behaviour."""
 
 
-class LSVCRDataset(SequentialDataset):
-    """The interleaved sequential dataset, keeping only rows whose target has the task's behaviour.
-
-    RecBole augments every event into a row (history -> target); this keeps the video-target rows
-    (``lsvcr_task: video``), the comment-target rows (``comment``) or both (``joint``). The leave-one-out
-    split runs afterwards, so each user's last row of the task is the test row, with the full
-    interleaved history before it."""
-
-    def data_augmentation(self):
-        super().data_augmentation()
-        task = self.config["lsvcr_task"]
-        if task not in TASKS:
-            raise LSVCRConfigError(f"lsvcr_task must be one of {TASKS}, got {task!r}.")
-        if task == "joint":
-            return
-        video_token, comment_token = _behaviour_tokens(self, self.config["behavior_field"])
-        wanted = video_token if task == "video" else comment_token
-        keep = self.inter_feat[self.config["behavior_field"]] == wanted
-        if not keep.any():
-            raise LSVCRConfigError(f"No training rows have a {task} target (behavior '{task[0]}').")
-        self.inter_feat = self.inter_feat[keep]
-
-
-def _register_dataset_until_hook():
-    """Expose ``LSVCRDataset`` where RecBole's ``create_dataset`` looks it up by name.
-    Temporary: the registry's ``<Model>Dataset`` hook replaces this at merge."""
-    import recbole.data.dataset
-
-    setattr(recbole.data.dataset, "LSVCRDataset", LSVCRDataset)
-
-
-_register_dataset_until_hook()
+register_dataset_until_hook(LSVCRDataset)
 
 
 Streams = namedtuple(
@@ -315,7 +277,7 @@ class LSVCR(SequentialRecommender):
         self.exclude_current_video_comments = config["exclude_current_video_comments"]
         self.mask_history_comments = config["mask_history_comments"]
         self._check_config(config, dataset)
-        self.video_token, self.comment_token = _behaviour_tokens(dataset, self.BEHAVIOR)
+        self.video_token, self.comment_token = behaviour_tokens(dataset, self.BEHAVIOR)
         self._build_item_tables(config, dataset)
 
         d = self.hidden_size
@@ -366,7 +328,7 @@ class LSVCR(SequentialRecommender):
                 "align_mode 'cotrain' (co-training the LLM with LoRA, the paper's stage 1) is planned but not "
                 "implemented yet; use 'precomputed' (frozen LLM user vectors) or 'none'."
             )
-        if not isinstance(dataset, LSVCRDataset):
+        if not isinstance(dataset, TaskRowsDataset):
             raise LSVCRConfigError(
                 f"LSVCR needs an LSVCRDataset, got {type(dataset).__name__}: build the data with "
                 "recbole.data.create_dataset (after `import recbole_ext`) so the task's rows are selected."
@@ -388,37 +350,12 @@ class LSVCR(SequentialRecommender):
 
     def _build_item_tables(self, config, dataset):
         """Buffers from the item features: kind, parent video, video-ID row, top comments, comments per video."""
-        type_tokens = dataset.field2token_id.get(config["item_type_field"], {})
-        if "v" not in type_tokens:
-            raise LSVCRConfigError(
-                f"The .item field '{config['item_type_field']}' has no 'v' value; LSVCR needs the .item file of "
-                "`python -m recbole_ext.data.kuaicomt` (item_type v/c, parent_item, like_cnt)."
-            )
-        item_type = dataset.item_feat[config["item_type_field"]].numpy()
-        kind = np.where(item_type == type_tokens["v"], VIDEO,
-                        np.where(item_type == type_tokens.get("c", -1), COMMENT, PAD))
-        kind[0] = PAD
-        parent = dataset.item_feat[config["parent_field"]].numpy().copy()
-        parent[kind == VIDEO] = np.flatnonzero(kind == VIDEO)
-        parent[kind == PAD] = 0
-        likes = dataset.item_feat[config["like_field"]].numpy()
-        video_items = np.flatnonzero(kind == VIDEO)
-        video_row = np.zeros(len(kind), dtype=np.int64)
-        video_row[video_items] = np.arange(1, len(video_items) + 1)
-        comments = np.flatnonzero(kind == COMMENT)
-        comments = comments[np.lexsort((-likes[comments], parent[comments]))]  # by video, most liked first
-        owner = video_row[parent[comments]]
-        counts = np.bincount(owner, minlength=len(video_items) + 1)
-        rank = np.arange(len(comments)) - np.repeat(np.cumsum(counts) - counts, counts)[: len(comments)]
-        comment_table = np.zeros((len(video_items) + 1, max(int(counts.max(initial=0)), 1)), dtype=np.int64)
-        comment_table[owner, rank] = comments
-        top = np.zeros((len(kind), TOP_COMMENTS), dtype=np.int64)
-        top[video_items] = comment_table[1:, :TOP_COMMENTS] if comment_table.shape[1] >= TOP_COMMENTS else \
-            np.pad(comment_table[1:], ((0, 0), (0, TOP_COMMENTS - comment_table.shape[1])))
-        self.n_videos = len(video_items)
-        for name, value in (("item_kind", kind), ("parent_of", parent), ("video_row", video_row),
-                            ("video_items", video_items), ("comment_table", comment_table),
-                            ("top_comments", top), ("top_comment_count", (top > 0).sum(1))):
+        tables = item_tables(config, dataset)
+        del tables["like_cnt"]  # popularity enters only through the order of comment_table
+        self.n_videos = len(tables["video_items"])
+        tables["top_comments"] = tables["comment_table"][tables["video_row"], :TOP_COMMENTS]
+        tables["top_comment_count"] = (tables["top_comments"] > 0).sum(1)
+        for name, value in tables.items():
             self.register_buffer(name, torch.as_tensor(value, dtype=torch.long), persistent=False)
 
     def _init_weights(self, module):
@@ -744,7 +681,7 @@ class LSVCRTrainer(Trainer):
             return result
 
         dataset = eval_data._dataset
-        video_token, comment_token = _behaviour_tokens(dataset, self.config["behavior_field"])
+        video_token, comment_token = behaviour_tokens(dataset, self.config["behavior_field"])
         for name, token in (("video", video_token), ("comment", comment_token)):
             mask = dataset.inter_feat[self.config["behavior_field"]] == token
             if not mask.any():
