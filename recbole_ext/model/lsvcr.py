@@ -251,7 +251,6 @@ class LSVCR(SequentialRecommender):
         self.BEHAVIOR = config["behavior_field"]
         self.CURRENT_VIDEO = config["current_video_field"]
         self.EVENT = config["event_field"]
-        self.task = config["lsvcr_task"]
         self.stage = config["lsvcr_stage"]
         self.align_mode = config["align_mode"]
         self.hidden_size = config["hidden_size"]
