@@ -29,6 +29,7 @@ dataset is not the config's own. Publishing again without new runs changes nothi
 
 import argparse
 import importlib.resources
+import inspect
 import json
 import os
 import shlex
@@ -206,7 +207,8 @@ def _per_user_metrics(config, struct):
         metric = metrics_dict[name.lower()](config)
         if not hasattr(metric, "metric_info") or "rec.topk" not in struct:
             continue
-        values = metric.metric_info(*metric.used_info(struct))  # [n_users, max(topk)]
+        info = metric.used_info(struct)  # (pos_index, pos_len); MRR's metric_info takes pos_index alone
+        values = metric.metric_info(*info[: len(inspect.signature(metric.metric_info).parameters)])  # [n_users, max(topk)]
         for k in config["topk"]:
             per_user[f"{name.lower()}@{k}"] = [float(v) for v in values[:, k - 1]]
     return per_user

@@ -192,3 +192,25 @@ def test_publish_name_and_folder_follow_the_dataset():
     from recbole_ext.benchmark import default_output_dir
 
     assert default_output_dir(bench, "ml-1m") == os.path.join("benchmarks", "runs", "ml-100k-ml-1m")
+
+
+def test_per_user_metrics_cover_every_topk_metric_recbole_has(monkeypatch):
+    import numpy as np
+    import torch
+
+    from recbole_ext.benchmark import _per_user_metrics
+
+    monkeypatch.setattr(np, "float", np.float64, raising=False)  # as RecBole's Config sets for its metrics
+
+    # two users, top-3 lists: user 0 hits at rank 2, user 1 misses; each has one positive
+    struct = {"rec.topk": torch.tensor([[0, 1, 0, 1], [0, 0, 0, 1]])}
+
+    class Struct(dict):
+        def get(self, key):
+            return self[key]
+
+    config = {"metrics": ["Recall", "MRR", "NDCG", "Hit", "Precision"], "topk": [1, 3], "metric_decimal_place": 4}
+    values = _per_user_metrics(config, Struct(struct))
+    assert values["mrr@3"] == [0.5, 0.0] and values["mrr@1"] == [0.0, 0.0]
+    assert values["hit@3"] == [1.0, 0.0] and values["recall@3"] == [1.0, 0.0]
+    assert values["precision@3"] == pytest.approx([1 / 3, 0.0])
