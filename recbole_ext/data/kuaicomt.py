@@ -33,11 +33,11 @@ raises one :class:`KuaiComtFormatError` naming it; the output folder appears onl
 
 import argparse
 import os
-import shutil
-import tempfile
 
 import numpy as np
 import pandas as pd
+
+from recbole_ext.data.staging import staged_folder
 
 REQUIRED_COLUMNS = {
     "user_video_inter.csv": ["user_id", "video_id", "time_ms", "is_like"],
@@ -194,21 +194,9 @@ def convert(input_dir, output_dir, name, video_event="like", max_comments_per_vi
     if os.path.exists(target) and not overwrite:
         raise FileExistsError(f"'{target}' exists; pass --overwrite to replace it.")
     inter, item = build_atomic_frames(input_dir, video_event, max_comments_per_video)
-    os.makedirs(output_dir, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=output_dir)
-    try:
+    with staged_folder(target) as tmp:
         inter.to_csv(os.path.join(tmp, f"{name}.inter"), sep="\t", index=False)
         item.to_csv(os.path.join(tmp, f"{name}.item"), sep="\t", index=False)
-        if os.path.exists(target):
-            old = tempfile.mkdtemp(prefix=f".{name}.old-", dir=output_dir)
-            os.replace(target, os.path.join(old, name))
-            os.replace(tmp, target)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            shutil.rmtree(tmp)
     return target
 
 

@@ -35,8 +35,8 @@ import argparse
 import csv
 import json
 import os
-import shutil
-import tempfile
+
+from recbole_ext.data.staging import staged_folder
 
 SPLITS = ("train", "dev", "test")
 NEG_FIELD = "neg_items"
@@ -218,17 +218,8 @@ def convert(input_dir, output_dir, dataset, overwrite=False):
     if os.path.exists(target) and not overwrite:
         raise FileExistsError(f"'{target}' exists; pass --overwrite to replace it.")
     data = read_rechorus(input_dir, dataset)
-    os.makedirs(output_dir, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=f".{dataset}-", dir=output_dir)
-    try:
+    with staged_folder(target) as staging:
         write_atomic(data, staging, dataset)
-        os.chmod(staging, 0o755)  # mkdtemp makes it private
-        if os.path.exists(target):
-            shutil.rmtree(target)
-        os.replace(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return target
 
 

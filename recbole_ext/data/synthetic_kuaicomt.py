@@ -33,11 +33,11 @@ drawn independently of the topics) and keeps everything else, for the ablation.
 
 import argparse
 import os
-import shutil
-import tempfile
 
 import numpy as np
 import pandas as pd
+
+from recbole_ext.data.staging import staged_folder
 
 TOPICS = {
     "cooking": "recipe noodles garlic spicy dumplings oven kitchen sauce grill pastry soup chef tofu baking",
@@ -193,18 +193,9 @@ def write(output_dir, seed=0, n_users=600, n_videos=1500, cross_signal=True, cro
     if os.path.exists(output_dir) and not overwrite:
         raise FileExistsError(f"'{output_dir}' exists; pass --overwrite to replace it.")
     tables = generate(seed, n_users, n_videos, cross_signal, cross_strength)
-    parent = os.path.dirname(os.path.abspath(output_dir))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".kuaicomt-syn.tmp-", dir=parent)
-    try:
+    with staged_folder(output_dir) as tmp:
         for name, frame in tables.items():
             frame.to_csv(os.path.join(tmp, name), index=False)
-        if os.path.exists(output_dir):
-            shutil.rmtree(output_dir)
-        os.replace(tmp, output_dir)
-    finally:
-        if os.path.exists(tmp):
-            shutil.rmtree(tmp)
     return output_dir
 
 
