@@ -12,12 +12,14 @@ RecBole eval modes (one training, several test protocols; e.g. full ranking plus
 A ``models`` entry may be a variant label whose ``model_config`` names the RecBole model, e.g.
 ``TedRec-fast: {model: TedRec, adaptor_dropout_scope: item}``.
 Each run is a subprocess (so RecBole's logger, memory and crashes stay per run) whose record lands in
-``<output_dir>/runs/<model>-seed<seed>/record.json``; a re-run skips finished runs, and
+``<output_dir>/runs/<model>-seed<seed>/record.json`` (with the validation result after every epoch and
+the training rows seen by then); a re-run skips finished runs, and
 ``--summary_only`` rewrites the outputs from the finished runs without starting any. Every label is
 checked before the first run starts; when a run fails, the others still run, the summary lists it,
 and the command exits with status 1. The output folder gets ``results.json`` (one record per run,
 with the command line that ran it), ``summary.md`` (the commands, mean ± std over seeds, ratios to the
-baseline, paired t-tests on per-user test metrics) and ``metrics.png``.
+baseline, paired t-tests on per-user test metrics), ``metrics.png`` and, when a model was validated
+more than once, ``learning_curve.png`` (validation metric against training rows seen, per run).
 
 ``--publish[=<name>]`` trains nothing: it collects the finished runs of the folder the other flags
 point to (as ``--summary_only``) and copies ``summary.md`` verbatim into ``docs/results/<name>.md``
@@ -241,10 +243,20 @@ def run_single(spec_path):
     probe_before = probe() if probe else None
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
 
-    epoch_seconds, saved_epochs, structs = [], [], []
-    train_epoch, save_checkpoint, get_struct = (
-        trainer._train_epoch, trainer._save_checkpoint, trainer.eval_collector.get_data_struct
+    epoch_seconds, saved_epochs, structs, curve, rows_seen = [], [], [], [], [0]
+    train_epoch, save_checkpoint, get_struct, valid_epoch, calculate_loss = (
+        trainer._train_epoch, trainer._save_checkpoint, trainer.eval_collector.get_data_struct,
+        trainer._valid_epoch, model.calculate_loss,
     )
+
+    def counted_loss(interaction):  # the trainer looks calculate_loss up on the model every epoch
+        rows_seen[0] += len(interaction)
+        return calculate_loss(interaction)
+
+    def tracked_valid(*args, **kwargs):
+        score, result = valid_epoch(*args, **kwargs)
+        curve.append({"train_rows": rows_seen[0], "valid": {k: float(v) for k, v in result.items()}})
+        return score, result
 
     def timed_train_epoch(*args, **kwargs):
         start = time.perf_counter()
@@ -261,6 +273,7 @@ def run_single(spec_path):
         return structs[0]
 
     trainer._train_epoch, trainer._save_checkpoint = timed_train_epoch, tracked_save
+    trainer._valid_epoch, model.calculate_loss = tracked_valid, counted_loss
     trainer.eval_collector.get_data_struct = kept_struct
     _, best_valid = trainer.fit(train_data, valid_data, saved=True, show_progress=config["show_progress"])
     start = time.perf_counter()
@@ -293,6 +306,8 @@ def run_single(spec_path):
         "eval_seconds": eval_seconds,
         "denormals_flushed": recbole_ext.denormals.flushing,
         "command": spec.get("command"),
+        "valid_metric": config["valid_metric"].lower(),
+        "curve": curve,
     }
     if test_modes:
         record["test_modes"] = test_modes
@@ -383,6 +398,9 @@ def write_summary(records, models, output_dir):
             lines += _metric_table(by_model, baseline, "valid", lambda r: r.get("valid"))
         _plot(by_model, metrics, os.path.join(output_dir, "metrics.png"))
         lines += ["", "![test metrics, mean ± std over seeds](metrics.png)"]
+        if _plot_curves(by_model, os.path.join(output_dir, "learning_curve.png")):
+            lines += ["", "![validation metric after every epoch against the training rows seen, per run]"
+                      "(learning_curve.png)"]
     for r in failed:
         lines += ["", f"FAILED: {r['model']} seed {r['seed']} (see runs/{r['model']}-seed{r['seed']}/run.log)"]
     with open(os.path.join(output_dir, "summary.md"), "w", encoding="utf-8") as f:
@@ -445,6 +463,36 @@ def _plot(by_model, metrics, path):
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def _plot_curves(by_model, path):
+    """Validation metric against training rows seen (pairs, for the I2I models) for every run
+    validated more than once; False (no plot) when there is none."""
+    curves = {m: [r for r in runs if len(r.get("curve") or []) > 1] for m, runs in by_model.items()}
+    curves = {m: runs for m, runs in curves.items() if runs}
+    if not curves:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    styles = ["-", "--", ":", "-."]
+    for i, (m, runs) in enumerate(curves.items()):
+        for j, r in enumerate(sorted(runs, key=lambda r: r["seed"])):
+            points = [p for p in r["curve"] if p["train_rows"] > 0]
+            ax.plot([p["train_rows"] for p in points], [p["valid"][r["valid_metric"]] for p in points],
+                    styles[j % len(styles)], color=f"C{i}", marker=".", label=f"{m} seed {r['seed']}")
+    metric = next(iter(curves.values()))[0]["valid_metric"]
+    ax.set_xscale("log")
+    ax.set_xlabel("training rows seen (pairs for I2I models)")
+    ax.set_ylabel(f"validation {metric}")
+    ax.legend(fontsize="x-small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
 
 
 def _finished(output_dir, model, seed):

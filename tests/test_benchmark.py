@@ -62,6 +62,11 @@ def test_two_model_two_seed_smoke_benchmark(tiny_config, tmp_path, capsys):
         assert record["epochs"] == 2 and record["epoch_seconds"] > 0 and record["params"] > 0
         assert isinstance(record["denormals_flushed"], bool)
         assert record["command"] == command
+        # one validation per epoch, after all the training rows of that epoch
+        assert record["valid_metric"] == "ndcg@10" and len(record["curve"]) == 2
+        rows = [point["train_rows"] for point in record["curve"]]
+        assert 0 < rows[0] and rows[1] == 2 * rows[0]
+        assert max(point["valid"]["ndcg@10"] for point in record["curve"]) == record["valid"]["ndcg@10"]
         run_dir = out / "runs" / f"{record['model']}-seed{record['seed']}"
         assert (run_dir / "run.log").stat().st_size > 0
         per_user = json.loads((run_dir / "per_user.json").read_text())
@@ -78,6 +83,7 @@ def test_two_model_two_seed_smoke_benchmark(tiny_config, tmp_path, capsys):
     valid_rows = summary.split("Validation at the best epoch")[1]
     assert "| SASRec | 2 |" in valid_rows and "(1.00x)" in valid_rows
     assert (out / "metrics.png").stat().st_size > 1000
+    assert "](learning_curve.png)" in summary and (out / "learning_curve.png").stat().st_size > 1000
 
     # Re-running skips finished runs; a crashing run is recorded and the rest go on.
     records = main([f"--benchmark={bench_file}", f"--output_dir={out}", "--models=SASRec,TedRec-fast,Broken",

@@ -11,6 +11,7 @@ from recbole_ext.modules.llm import (
     IGNORE_INDEX,
     LLMEncoder,
     LLMLoadError,
+    LowerLayerCache,
     add_special_tokens,
     expand_placeholder,
     position_before,
@@ -24,7 +25,7 @@ TINY_LLM = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, 
 
 def _encoder_config(**overrides):
     config = {"llm_path": "tiny", "llm_gguf_file": None, "tiny_llm": TINY_LLM, "finetune": "full",
-              "gradient_checkpointing": False, "llm_bf16": False, "device": torch.device("cpu"),
+              "train_top_layers": None, "gradient_checkpointing": False, "llm_bf16": False, "device": torch.device("cpu"),
               "lora_r": 4, "lora_alpha": 8, "lora_dropout": 0.0, "lora_target_modules": ["q_proj", "v_proj"]}
     config.update(overrides)
     return config
@@ -215,3 +216,40 @@ def test_bf16_base_weights_on_a_gpu_for_lora_and_frozen_only():
     assert {p.dtype for p in full.llm.parameters()} == {torch.float32}  # float32 master weights
     cpu = LLMEncoder(_encoder_config(finetune="lora", llm_bf16=True))
     assert {p.dtype for p in cpu.llm.parameters()} == {torch.float32}
+
+
+def test_top_layer_training_freezes_below_the_split_and_its_cache_is_exact():
+    encoder = LLMEncoder(_encoder_config(tiny_llm={**TINY_LLM, "num_hidden_layers": 3}, train_top_layers=1),
+                         special_tokens=["[EMB]"], output_size=4)
+    assert encoder.split_layer == 2
+    trainable = {n for n, p in encoder.named_parameters() if p.requires_grad}
+    assert trainable and all(n.startswith(("llm.model.layers.2.", "llm.model.norm.", "projection.")) for n in trainable)
+    assert not encoder.llm.get_input_embeddings().weight.requires_grad  # new token rows included
+    assert not any(k.startswith("llm.model.layers.0.") for k in encoder.state_dict())  # frozen: not saved
+    ids = torch.randint(5, 1000, (3, 7))
+    lengths = torch.tensor([7, 4, 2])
+    full = encoder.hidden_states(ids, lengths)
+    assert torch.allclose(encoder.hidden_states(ids, lengths, lower=encoder.lower_hidden_states(ids, lengths)),
+                          full, atol=1e-6)
+    calls = []
+    original = encoder.lower_hidden_states
+    encoder.lower_hidden_states = lambda *a: calls.append(len(a[0])) or original(*a)
+    cache = LowerLayerCache(encoder, ids, lengths, batch_size=2)
+    first = cache(torch.tensor([2, 0, 2]))
+    again = cache(torch.tensor([0, 1]))
+    assert calls == [2, 1]  # rows 0 and 2 once, then only row 1
+    out = encoder.hidden_states(ids[[2, 0, 2]], lengths[[2, 0, 2]], lower=first)
+    assert torch.allclose(out, full[[2, 0, 2]], atol=1e-6)
+    assert torch.equal(again[0], first[1])
+    out.sum().backward()  # gradients reach the trained layer, never the cached states
+    assert encoder.llm.model.layers[2].mlp.up_proj.weight.grad is not None
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"train_top_layers": 0}, "integer in \\[1, 2\\]"),
+    ({"train_top_layers": 3}, "integer in \\[1, 2\\]"),
+    ({"train_top_layers": 1, "finetune": "lora"}, "needs finetune: full"),
+])
+def test_bad_train_top_layers_is_refused(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        LLMEncoder(_encoder_config(**overrides))

@@ -1,5 +1,6 @@
 """NoteLLM on the tiny random-weight LLM preset (and one slow test with the real SmolLM2)."""
 
+import json
 import os
 
 import pytest
@@ -328,14 +329,36 @@ def test_lora_trains_adapters_and_the_emb_row_only(note_config):
     assert grads and all(g is not None for g in grads)
 
 
-@pytest.mark.parametrize("finetune", ["full", "lora"])
+def test_top_layer_training_gives_what_the_full_forward_gives(note_config):
+    _, model, train, _ = _build(note_config, train_top_layers=1)
+    batch = next(iter(train))
+    torch.manual_seed(0)
+    cached = model.calculate_loss(batch)
+    split, model.encoder.split_layer = model.encoder.split_layer, None  # the same weights, no cache
+    torch.manual_seed(0)
+    uncached = model.calculate_loss(batch)
+    model.eval()
+    plain = model.item_embeddings()
+    model.encoder.split_layer = split
+    model.eval()  # drops the item cache
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(cached, uncached))
+    assert torch.allclose(model.item_embeddings(), plain, atol=1e-5)
+    model.train()
+    sum(model.calculate_loss(batch)).backward()
+    trained = {n for n, p in model.named_parameters() if p.grad is not None}
+    assert "encoder.llm.model.layers.1.mlp.up_proj.weight" in trained
+    assert not any(".layers.0." in n or "embed_tokens" in n for n in trained)
+
+
+@pytest.mark.parametrize("finetune", ["full", "lora", "top1"])
 def test_run_recbole_with_batch_budget_and_checkpoint_round_trip(note_config, monkeypatch, finetune):
     from recbole_ext.model.notellm import NoteLLM, NoteLLMDataset
 
     calls = []
     original = NoteLLM.calculate_loss
     monkeypatch.setattr(NoteLLM, "calculate_loss", lambda self, i: calls.append(1) or original(self, i))
-    result = run_recbole(model="NoteLLM", dataset="tiny", config_dict={**note_config, "epochs": 2, "finetune": finetune})
+    mode = {"finetune": "full", "train_top_layers": 1} if finetune == "top1" else {"finetune": finetune}
+    result = run_recbole(model="NoteLLM", dataset="tiny", config_dict={**note_config, "epochs": 2, **mode})
     assert len(calls) == 2 * 3  # train_batches_per_epoch=3, two epochs
     saved = [f for f in os.listdir(note_config["checkpoint_dir"]) if f.startswith("NoteLLM")]
     path = os.path.join(note_config["checkpoint_dir"], saved[0])
@@ -348,6 +371,33 @@ def test_run_recbole_with_batch_budget_and_checkpoint_round_trip(note_config, mo
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
     assert trainer.evaluate(test_data, load_best_model=False)["ndcg@10"] == pytest.approx(
         result["test_result"]["ndcg@10"], abs=1e-6)
+
+
+def test_exported_item_embeddings_make_frozen_text_i2i_serve_like_notellm(note_config, tmp_path):
+    from recbole_ext.export import main as export
+
+    result = run_recbole(model="NoteLLM", dataset="tiny", config_dict=note_config)
+    checkpoint = os.path.join(note_config["checkpoint_dir"], os.listdir(note_config["checkpoint_dir"])[0])
+    features = tmp_path / "exported" / "tiny.featNoteLLM"
+    export([f"--checkpoint={checkpoint}", f"--output={features}"])
+    meta = json.loads((tmp_path / "exported" / "tiny.featNoteLLM.json").read_text())
+    assert meta["exported_from"] == os.path.abspath(checkpoint) and meta["dim"] == 64
+    # the same vectors served the same I2I way: FrozenTextI2I on them scores what NoteLLM scored
+    frozen = run_recbole(model="FrozenTextI2I", dataset="tiny", config_dict={
+        **note_config, "text_feature_dir": str(features.parent), "plm_suffix": "featNoteLLM",
+        "checkpoint_dir": str(tmp_path / "frozen")})
+    for metric, value in result["test_result"].items():
+        assert frozen["test_result"][metric] == pytest.approx(value, abs=1e-4)
+
+
+def test_export_refuses_a_model_that_does_not_embed_items(tiny_config):
+    from recbole_ext.export import export_item_embeddings
+
+    run_recbole(model="SASRec", dataset="tiny", config_dict={**tiny_config, "epochs": 1, "loss_type": "CE",
+                                                              "train_neg_sample_args": None})
+    checkpoint = os.path.join(tiny_config["checkpoint_dir"], os.listdir(tiny_config["checkpoint_dir"])[0])
+    with pytest.raises(ValueError, match="does not embed items"):
+        export_item_embeddings(checkpoint)
 
 
 @pytest.mark.parametrize(

@@ -171,23 +171,31 @@ def build_text_features(config, output_path=None, show_progress=True):
             f"{config['plm_size']}. Set `plm_size: {vectors.shape[1]}` (and the model's input width, "
             f"e.g. TedRec's `adaptor_layers: [{vectors.shape[1]}, <hidden_size>]`)."
         )
-    meta = _build_meta(config, fields)
-    if all(t.isdigit() for t in tokens):
+    write_feature_file(output_path, tokens, vectors, _build_meta(config, fields))
+    return output_path
+
+
+def write_feature_file(path, tokens, vectors, meta):
+    """Write ``vectors`` [len(tokens), d] of the items ``tokens`` as a feature file plus its sidecar
+    (``meta`` and the shape): rows indexed by integer token when every token is one, else in the
+    order of ``tokens`` (recorded in the sidecar). Both files appear at once or not at all."""
+    vectors = np.asarray(vectors, dtype=np.float32)
+    meta = dict(meta)
+    if all(str(t).isdigit() for t in tokens):
         matrix = np.zeros((max(int(t) for t in tokens) + 1, vectors.shape[1]), dtype=np.float32)
         matrix[[int(t) for t in tokens]] = vectors
         meta["tokens"] = None
     else:
-        matrix, meta["tokens"] = vectors, tokens
+        matrix, meta["tokens"] = vectors, list(tokens)
     meta.update(rows=int(matrix.shape[0]), dim=int(matrix.shape[1]))
-    os.makedirs(os.path.dirname(os.path.abspath(output_path)), exist_ok=True)
-    tmp = f"{output_path}.tmp{os.getpid()}"
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
     matrix.astype("<f4").tofile(tmp)
     with open(_meta_path(tmp), "w", encoding="utf-8") as f:
         json.dump(meta, f)
-    os.replace(_meta_path(tmp), _meta_path(output_path))
-    os.replace(tmp, output_path)
-    logger.info(f"Wrote text features {matrix.shape} to {output_path}")
-    return output_path
+    os.replace(_meta_path(tmp), _meta_path(path))
+    os.replace(tmp, path)
+    getLogger().info(f"Wrote item features {matrix.shape} to {path}")
 
 
 def _ensure_feature_file(config):
@@ -206,8 +214,12 @@ def _ensure_feature_file(config):
 
 
 def _check_meta(path, meta, config):
-    expected = _build_meta(config, meta.get("fields"))
-    if config["text_fields"]:
+    if meta.get("exported_from"):  # item vectors a trained model wrote: no text encoder to compare
+        getLogger().info(f"Item vectors of '{path}' were exported from {meta['exported_from']}.")
+        expected = {}
+    else:
+        expected = _build_meta(config, meta.get("fields"))
+    if config["text_fields"] and expected:
         expected["fields"] = list(config["text_fields"])
     stale = {k: (meta.get(k), v) for k, v in expected.items() if meta.get(k) != v}
     if stale:

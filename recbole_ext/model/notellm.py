@@ -56,7 +56,7 @@ from recbole_ext.data.pairs import PairSource
 from recbole_ext.data.text_features import TextFeatureError, read_atomic_header, read_item_fields
 from recbole_ext.modules.contrastive import LogitScale, symmetric_info_nce
 from recbole_ext.modules.i2i import ItemToItemServing
-from recbole_ext.modules.llm import IGNORE_INDEX, LLMEncoder, position_before
+from recbole_ext.modules.llm import IGNORE_INDEX, LLMEncoder, LowerLayerCache, position_before
 from recbole_ext.modules.prompts import PromptTemplate
 from recbole_ext.trainer import LLMTrainer
 
@@ -103,6 +103,7 @@ class NoteLLM(ItemToItemServing, SequentialRecommender):
 
         self.notes = self._read_notes(config, dataset)
         self._tokenize_notes()
+        self._lower_caches = None  # train_top_layers: {table: LowerLayerCache}, built on first use
 
     def _check_config(self, config):
         if config["category_transform"] not in CATEGORY_TRANSFORMS:
@@ -167,18 +168,19 @@ class NoteLLM(ItemToItemServing, SequentialRecommender):
         return self.encoder.bos + self.note_template.token_ids(self.encoder.tokenizer, values, self.max_tokens)
 
     def _tokenize_notes(self):
-        """Token tables (non-persistent buffers): the eval prompt of every item, its category-task
-        training sequence, and one hashtag-task sequence per held-out hashtag (CSR by item)."""
-        prompts, category_rows, hashtag_rows, hashtag_count = [[]], [([], [])], [], [0]
+        """Token tables (non-persistent buffers): every item's category-task training sequence, which
+        starts with its eval prompt (``prompt_lengths`` tokens), and one hashtag-task sequence per
+        held-out hashtag (CSR by item)."""
+        prompt_lengths, category_rows, hashtag_rows, hashtag_count = [0], [([], [])], [], [0]
         for note in self.notes[1:]:
             prefix = self._prompt_ids(note, note["tags"])
-            prompts.append(prefix)
+            prompt_lengths.append(len(prefix))
             category_rows.append(self._training_row(prefix, "category", note["category"]))
             for held_out in note["tags"]:
                 rest = [t for t in note["tags"] if t != held_out]
                 hashtag_rows.append(self._training_row(self._prompt_ids(note, rest), "hashtag", held_out))
             hashtag_count.append(len(note["tags"]))
-        self._register_table("prompt", [(p, [IGNORE_INDEX] * len(p)) for p in prompts])
+        self.register_buffer("prompt_lengths", torch.tensor(prompt_lengths), persistent=False)
         hashtag_rows = hashtag_rows or [([], [])]
         width = max(len(ids) for ids, _ in category_rows + hashtag_rows)  # one width: rows mix per batch
         self._register_table("category", category_rows, width)
@@ -205,6 +207,28 @@ class NoteLLM(ItemToItemServing, SequentialRecommender):
         self.register_buffer(f"{name}_labels", labels, persistent=False)
         self.register_buffer(f"{name}_lengths", torch.tensor([len(r[0]) for r in rows]), persistent=False)
 
+    @property
+    def prompt_ids(self):
+        """[n_items, W]: row i starts with item i's eval prompt (its first ``prompt_lengths[i]`` tokens)."""
+        return self.category_ids
+
+    def _lower(self, table, rows):
+        """``train_top_layers``: cached states below the trained layers of ``rows`` of a token table."""
+        if self._lower_caches is None:
+            self._lower_caches = {
+                name: LowerLayerCache(self.encoder, getattr(self, f"{name}_ids"), getattr(self, f"{name}_lengths"),
+                                      self.eval_item_batch_size)
+                for name in ("category", "hashtag")
+            }
+        return self._lower_caches[table](rows)
+
+    def _hidden_states(self, table, rows, ids, lengths):
+        """Last-layer states of table rows (``ids``/``lengths`` given, maybe cut to the prompt), from
+        the cached lower layers under ``train_top_layers``."""
+        if self.encoder.split_layer is None:
+            return self.encoder.hidden_states(ids, lengths)
+        return self.encoder.hidden_states(ids, lengths, lower=self._lower(table, rows))
+
     # ----- training -----------------------------------------------------------------------
     def _pick_rows(self, items, use_hashtag):
         """Row indices into the category or hashtag table: a random held-out hashtag per note."""
@@ -214,16 +238,22 @@ class NoteLLM(ItemToItemServing, SequentialRecommender):
         return use_hashtag, torch.where(use_hashtag, variant, items)
 
     def _training_batch(self, items, use_hashtag):
-        """ids, labels and lengths of each item's training sequence for its task."""
+        """ids, labels and lengths of each item's training sequence for its task, and its last-layer
+        hidden states [2B, T, H]."""
         use_hashtag, rows = self._pick_rows(items, use_hashtag)
         category_rows = torch.where(use_hashtag, torch.zeros_like(rows), rows)
         hashtag_rows = torch.where(use_hashtag, rows, torch.zeros_like(rows))
-        batch = {}
-        for part in ("ids", "labels", "lengths"):
-            category = getattr(self, f"category_{part}")[category_rows]
-            hashtag = getattr(self, f"hashtag_{part}")[hashtag_rows]
-            mask = use_hashtag.view(-1, *([1] * (category.dim() - 1)))
-            batch[part] = torch.where(mask, hashtag, category)
+
+        def mixed(category, hashtag):  # per row: the hashtag table's row where use_hashtag, else the category's
+            return torch.where(use_hashtag.view(-1, *([1] * (category.dim() - 1))), hashtag, category)
+
+        batch = {part: mixed(getattr(self, f"category_{part}")[category_rows], getattr(self, f"hashtag_{part}")[hashtag_rows])
+                 for part in ("ids", "labels", "lengths")}
+        if self.encoder.split_layer is None:
+            batch["hidden"] = self.encoder.hidden_states(batch["ids"], batch["lengths"])
+        else:
+            lower = mixed(self._lower("category", category_rows), self._lower("hashtag", hashtag_rows))
+            batch["hidden"] = self.encoder.hidden_states(batch["ids"], batch["lengths"], lower=lower)
         return batch
 
     def _hashtag_sides(self, items):
@@ -240,12 +270,12 @@ class NoteLLM(ItemToItemServing, SequentialRecommender):
         anchors, positives = self.pair_source(interaction)
         items = torch.cat([anchors, positives])  # [2B]: rows b and b + B are partners
         if self.alpha == 0:
-            ids, lengths = self.prompt_ids[items], self.prompt_lengths[items]
-            hidden = self.encoder.hidden_states(ids, lengths)
+            lengths = self.prompt_lengths[items]
+            hidden = self._hidden_states("category", items, self.prompt_ids[items], lengths)
             embeddings = self.encoder.embed(hidden, lengths - 1)
             return (symmetric_info_nce(embeddings, items, self.logit_scale()),)
         batch = self._training_batch(items, self._hashtag_sides(items))
-        hidden = self.encoder.hidden_states(batch["ids"], batch["lengths"])  # [2B, T, H]
+        hidden = batch["hidden"]  # [2B, T, H]
         embeddings = self.encoder.embed(hidden, position_before(batch["ids"], batch["lengths"], self.emb_token_id))
         contrastive = symmetric_info_nce(embeddings, items, self.logit_scale())
         generation = self.encoder.lm_loss(hidden, batch["labels"])
@@ -262,8 +292,9 @@ class NoteLLM(ItemToItemServing, SequentialRecommender):
         embeddings = torch.zeros(len(items), self.embedding_size, device=self.prompt_ids.device)
         chunks = order.split(self.eval_item_batch_size)
         for chunk in tqdm(chunks, desc="NoteLLM item embeddings", disable=not self.show_progress or len(chunks) < 2):
-            lengths = self.prompt_lengths[items[chunk]].clamp(min=1)
-            hidden = self.encoder.hidden_states(self.prompt_ids[items[chunk]], lengths)
+            rows = items[chunk]
+            lengths = self.prompt_lengths[rows].clamp(min=1)
+            hidden = self._hidden_states("category", rows, self.prompt_ids[rows], lengths)
             embeddings[chunk] = self.encoder.embed(hidden, lengths - 1)
         return embeddings * (items > 0).unsqueeze(1)  # PAD row 0 stays zero
 

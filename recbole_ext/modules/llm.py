@@ -19,6 +19,7 @@ that hold only what was trained.
 import glob
 import importlib.util
 import os
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -166,6 +167,10 @@ class LLMEncoder(nn.Module):
       (half the memory; adapters stay float32); full fine-tuning keeps float32 master weights. On the
       CPU everything is float32. ``special_tokens`` are added (mean-initialised), ids in ``token_ids``.
     * ``finetune``: ``full``, ``lora`` (peft adapters plus the new token rows only) or ``frozen``.
+    * ``train_top_layers: k`` (with ``full``): only the last ``k`` decoder layers, the final norm and an
+      untied LM head train; the token embeddings (new token rows included) and the lower layers stay
+      frozen, so a fixed prompt's hidden states below the split never change and
+      :class:`LowerLayerCache` computes them once. Exact for what it trains; fewer layers learn.
     * :meth:`hidden_states` runs the LLM on right-padded token ids, optionally with vectors injected
       at placeholder ids (``masked_scatter`` into the token embeddings, the LLaVA pattern).
     * :meth:`embed` reads hidden states at given positions, applies ``pre_projection`` when a model
@@ -188,6 +193,7 @@ class LLMEncoder(nn.Module):
             self.llm = apply_lora(self.llm, config, self.token_ids.values())
         elif finetune == "frozen":
             self.llm.requires_grad_(False)
+        self.split_layer = self._freeze_below_top(config["train_top_layers"], finetune)
         if config["gradient_checkpointing"]:
             self.llm.gradient_checkpointing_enable()
         self.hidden_size = self.llm.config.hidden_size
@@ -223,25 +229,77 @@ class LLMEncoder(nn.Module):
         """The Hugging Face causal LM (under the peft wrapper when LoRA is on)."""
         return self.llm.get_base_model() if hasattr(self.llm, "get_base_model") else self.llm
 
+    def _freeze_below_top(self, top_layers, finetune):
+        """Freeze the token embeddings and all but the last ``top_layers`` decoder layers; the index of
+        the first trained layer (None: no split)."""
+        if top_layers is None:
+            return None
+        n_layers = len(self.causal_lm().base_model.layers)
+        if not isinstance(top_layers, int) or not 1 <= top_layers <= n_layers:
+            raise ValueError(f"train_top_layers must be an integer in [1, {n_layers}] (the LLM's layers) or ~, "
+                             f"got {top_layers!r}.")
+        if finetune != "full":
+            raise ValueError(f"train_top_layers needs finetune: full (got {finetune!r}): it chooses which "
+                             "layers fine-tune fully.")
+        split = n_layers - top_layers
+        decoder = self.causal_lm().base_model
+        decoder.get_input_embeddings().requires_grad_(False)
+        for layer in decoder.layers[:split]:
+            layer.requires_grad_(False)
+        return split
+
     # ----- running the LLM ----------------------------------------------------------------
-    def hidden_states(self, ids, lengths, injections=None):
+    def hidden_states(self, ids, lengths, injections=None, lower=None):
         """Last-layer hidden states (after the final norm) of right-padded rows: [N, T, H] float32,
         ``T = lengths.max()``. ``injections`` maps a placeholder id to vectors [N, count, H] that
-        replace, in order, that id's ``count`` slots in each row."""
+        replace, in order, that id's ``count`` slots in each row. ``lower`` [N, >=T, H]: the rows'
+        states below ``split_layer`` (:meth:`lower_hidden_states`); only the layers above run then."""
         width = int(lengths.max())
-        ids = ids[:, :width]
         attention_mask = (torch.arange(width, device=ids.device) < lengths.unsqueeze(1)).long()  # [N, T]
-        decoder = self.causal_lm().base_model
-        inputs = {"input_ids": ids}
-        if injections:
-            embeds = self.llm.get_input_embeddings()(ids)  # [N, T, H]
-            for placeholder_id, vectors in injections.items():
-                slots = (ids == placeholder_id).unsqueeze(-1)
-                embeds = embeds.masked_scatter(slots, vectors.to(embeds.dtype))
-            inputs = {"inputs_embeds": embeds}
-        with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=self.use_bf16):
+        if lower is not None:
+            return self._run({"inputs_embeds": lower[:, :width]}, attention_mask, self.split_layer, None, True)
+        return self._run(self._inputs(ids[:, :width], injections), attention_mask, 0, None, True)
+
+    @torch.no_grad()
+    def lower_hidden_states(self, ids, lengths, injections=None):
+        """States [N, T, H] after the frozen layers below ``split_layer`` (the input of the first
+        trained layer): fixed for a fixed prompt, so they can be cached."""
+        width = int(lengths.max())
+        attention_mask = (torch.arange(width, device=ids.device) < lengths.unsqueeze(1)).long()  # [N, T]
+        return self._run(self._inputs(ids[:, :width], injections), attention_mask, 0, self.split_layer, False)
+
+    def _inputs(self, ids, injections):
+        if not injections:
+            return {"input_ids": ids}
+        embeds = self.llm.get_input_embeddings()(ids)  # [N, T, H]
+        for placeholder_id, vectors in injections.items():
+            slots = (ids == placeholder_id).unsqueeze(-1)
+            embeds = embeds.masked_scatter(slots, vectors.to(embeds.dtype))
+        return {"inputs_embeds": embeds}
+
+    def _run(self, inputs, attention_mask, start, stop, final_norm):
+        with self._layer_span(start, stop, final_norm) as decoder, \
+                torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=self.use_bf16):
             hidden = decoder(**inputs, attention_mask=attention_mask).last_hidden_state
         return hidden.float()
+
+    @contextmanager
+    def _layer_span(self, start, stop, final_norm):
+        """The decoder with only ``layers[start:stop]`` (and the final norm if ``final_norm``) for one
+        call. Running the model's own ``forward`` keeps its causal/padding mask and rotary positions,
+        whatever the ``transformers`` version; positions restart at 0 in every span, as they should."""
+        decoder = self.causal_lm().base_model
+        layers, norm = decoder.layers, decoder.norm
+        if start == 0 and stop is None and final_norm:
+            yield decoder
+            return
+        decoder.layers = layers[start:stop]
+        if not final_norm:
+            decoder.norm = nn.Identity()
+        try:
+            yield decoder
+        finally:
+            decoder.layers, decoder.norm = layers, norm
 
     def embed(self, hidden, positions, *fusion_inputs):
         """Normalised embeddings [N, d] from the hidden states [N, T, H] at ``positions`` [N]; a
@@ -293,3 +351,28 @@ class LLMEncoder(nn.Module):
         frozen = dict(module.llm.named_parameters(remove_duplicate=False))
         for name in module._frozen:
             state_dict.setdefault(f"{prefix}llm.{name}", frozen[name])
+
+
+class LowerLayerCache:
+    """States below :attr:`LLMEncoder.split_layer` of the rows of a fixed token table, each row
+    computed the first time it is asked for (``train_top_layers``: those layers never change).
+
+    Memory: ``rows x width x hidden`` floats (ml-100k's NoteLLM tables on SmolLM2: about 1 GB).
+    Not part of the model's state: a loaded checkpoint refills it from the same frozen layers.
+    """
+
+    def __init__(self, encoder, ids, lengths, batch_size):
+        self.encoder, self.ids, self.lengths, self.batch_size = encoder, ids, lengths, batch_size
+        self.states = None  # [R, W, H], allocated on first use (on the table's device)
+        self.filled = torch.zeros(len(ids), dtype=torch.bool, device=ids.device)
+
+    def __call__(self, rows):
+        """[len(rows), W, H] states of the table ``rows``."""
+        if self.states is None:
+            self.states = torch.zeros(*self.ids.shape, self.encoder.hidden_size, device=self.ids.device)
+        missing = torch.unique(rows[~self.filled[rows]])
+        for chunk in missing.split(self.batch_size) if len(missing) else ():
+            lengths = self.lengths[chunk].clamp(min=1)
+            self.states[chunk, : int(lengths.max())] = self.encoder.lower_hidden_states(self.ids[chunk], lengths)
+            self.filled[chunk] = True
+        return self.states[rows]
