@@ -1,7 +1,7 @@
 """Milliseconds per training pair of NoteLLM on ml-100k under each speed lever, in one run.
 
     python benchmarks/notellm_train_speed.py [--variants=full,lora,top4,top2,top1,top2-b64] [--steps=4]
-        [--output=docs/results/notellm-train-speed.md] [--key=value ...]
+        [--output_dir=benchmarks/runs/notellm-train-speed] [--publish] [--key=value ...]
 
 Builds NoteLLM as ``props/benchmarks/notellm-ml-100k.yaml`` configures it, once per variant, and times
 optimiser steps (loss, backward, AdamW) on the same first training batches. A variant label is
@@ -10,10 +10,12 @@ optimiser steps (loss, backward, AdamW) on the same first training batches. A va
 (``max_tokens: T``). Under ``train_top_layers`` the states below the trained layers are cached per
 prompt; the cache of the timed batches' rows is filled before timing, and the fill of every row of the
 tables is reported apart (a one-off cost per run, extrapolated from the rows filled). Other
-``--key=value`` flags override the config of every variant.
+``--key=value`` flags override the config of every variant. The table goes to ``<output_dir>/summary.md``;
+``--publish`` also copies it below the marker of ``docs/results/notellm-train-speed.md``.
 """
 
 import argparse
+import os
 import re
 import statistics
 import sys
@@ -104,21 +106,24 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variants", default="full,lora,top4,top2,top1,top2-b64")
     parser.add_argument("--steps", type=int, default=4)
-    parser.add_argument("--output", default=None, help="also write the markdown table to this file")
+    parser.add_argument("--output_dir", default=os.path.join("benchmarks", "runs", "notellm-train-speed"))
+    parser.add_argument("--publish", action="store_true", help="copy the table into docs/results/")
     args, overrides = parser.parse_known_args()
     command = " ".join(["python benchmarks/notellm_train_speed.py", *sys.argv[1:]])
 
     import recbole_ext  # noqa: F401  (compat layer + registration)
-    from recbole_ext.benchmark import load_benchmark
+    from recbole_ext.benchmark import load_benchmark, publish
 
     bench = load_benchmark("notellm-ml-100k")
     sys.argv = [sys.argv[0], *overrides]  # RecBole's Config reads --key=value itself
     rows = [time_variant(label, bench, args.steps) for label in args.variants.split(",")]
     text = table(rows, command)
     print(text)
-    if args.output:
-        with open(args.output, "w", encoding="utf-8") as f:
-            f.write(text)
+    os.makedirs(args.output_dir, exist_ok=True)
+    with open(os.path.join(args.output_dir, "summary.md"), "w", encoding="utf-8") as f:
+        f.write(text)
+    if args.publish:
+        print(f"Published to {publish(args.output_dir, 'notellm-train-speed')}")
 
 
 if __name__ == "__main__":

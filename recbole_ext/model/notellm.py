@@ -38,7 +38,11 @@ Deviations: English prompt; default LLM SmolLM2-135M-Instruct (the paper fine-tu
 ``max_title_chars`` 60 (the code's 20 counts Chinese characters); on ml-100k the category is the
 release decade and the hashtags are the genres (the spec's mapping); the logit scale is clamped at
 ``tau_max_scale`` (a raw parameter drifts at RecBole learning rates); in-batch same-item masking;
-``finetune: lora`` trains the adapters and the ``[EMB]`` row only (the official code fine-tunes fully).
+``finetune: lora`` trains the adapters and the ``[EMB]`` row only (the official code fine-tunes fully);
+``train_top_layers: k`` (a CPU budget switch, off by default) fine-tunes only the last k LLM layers, the
+final norm and the projection, with the token embeddings (the ``[EMB]`` row too) and the lower layers
+frozen, whose per-prompt states are then computed once and cached (exact for that model: the same
+embeddings and losses as its plain forward, checked by a test).
 """
 
 import os
@@ -247,8 +251,10 @@ class NoteLLM(ItemToItemServing, SequentialRecommender):
         def mixed(category, hashtag):  # per row: the hashtag table's row where use_hashtag, else the category's
             return torch.where(use_hashtag.view(-1, *([1] * (category.dim() - 1))), hashtag, category)
 
-        batch = {part: mixed(getattr(self, f"category_{part}")[category_rows], getattr(self, f"hashtag_{part}")[hashtag_rows])
-                 for part in ("ids", "labels", "lengths")}
+        batch = {
+            part: mixed(getattr(self, f"category_{part}")[category_rows], getattr(self, f"hashtag_{part}")[hashtag_rows])
+            for part in ("ids", "labels", "lengths")
+        }
         if self.encoder.split_layer is None:
             batch["hidden"] = self.encoder.hidden_states(batch["ids"], batch["lengths"])
         else:

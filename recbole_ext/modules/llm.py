@@ -371,6 +371,7 @@ class LowerLayerCache:
         if self.states is None:
             self.states = torch.zeros(*self.ids.shape, self.encoder.hidden_size, device=self.ids.device)
         missing = torch.unique(rows[~self.filled[rows]])
+        missing = missing[torch.argsort(self.lengths[missing], descending=True)]  # less padding per chunk
         for chunk in missing.split(self.batch_size) if len(missing) else ():
             lengths = self.lengths[chunk].clamp(min=1)
             self.states[chunk, : int(lengths.max())] = self.encoder.lower_hidden_states(self.ids[chunk], lengths)
