@@ -159,6 +159,7 @@ def load_data_and_model(model_file):
 
     checkpoint = load_recbole_checkpoint(model_file)
     config = checkpoint["config"]
+    config.compatibility_settings()  # numpy aliases RecBole's metrics use; set when a Config is built, not unpickled
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config)
     logger = getLogger()

@@ -351,6 +351,18 @@ def test_bare_state_dict_is_not_a_recbole_checkpoint(trained, tmp_path):
         load_data_and_model(str(tmp_path / "missing.pth"))
 
 
+def test_a_checkpoint_evaluates_in_a_process_that_never_built_a_config(trained, monkeypatch):
+    """RecBole sets the numpy-1 aliases its metrics use (np.float in NDCG) when a Config is built; a
+    script that only loads a checkpoint unpickles one instead."""
+    import numpy as np
+
+    _, trainer, _ = trained
+    monkeypatch.delattr(np, "float", raising=False)
+    config, model, _, _, _, test_data = load_data_and_model(trainer.saved_model_file)
+    result = get_trainer(config["MODEL_TYPE"], config["model"])(config, model).evaluate(test_data, load_best_model=False)
+    assert 0 <= result["ndcg@10"] <= 1
+
+
 def test_benchmark_scripts_load_checkpoints_through_the_package():
     scripts = glob.glob(os.path.join(REPO, "benchmarks", "*.py"))
     assert scripts
