@@ -347,3 +347,19 @@ def test_the_text_of_history_items_reaches_the_scores(prepared):
     model.calculate_loss(batch).backward()
     for name in ("moe_adaptor.expert_weight", "moe_adaptor.w_gate", "fusion.fusion_gating.weight"):
         assert model.get_parameter(name).grad.abs().sum() > 0, name
+
+
+def test_add_fusion_puts_each_items_own_text_at_its_position(tiny_config):
+    config = Config(model="TedRec", dataset="tiny", config_dict=dict(tiny_config, fusion_type="add"))
+    init_seed(config["seed"], config["reproducibility"])
+    train_data, _, _ = data_preparation(config, create_dataset(config))
+    model = TedRec(config, train_data._dataset).eval()
+    assert not hasattr(model, "fusion")
+    item_seq = _first_batch(train_data)["item_id_list"][:4]
+    item_seq = model._fit_length(item_seq, (item_seq > 0).sum(1))[0]
+    fused = model._fuse(model.item_embedding(item_seq), item_seq)
+    text = model.moe_adaptor.forward_by_item(model.plm_embedding.weight, item_seq)
+    torch.testing.assert_close(fused, model.item_embedding(item_seq) + text)
+    with pytest.raises(ValueError, match="fusion_type must be one of"):
+        TedRec(Config(model="TedRec", dataset="tiny", config_dict=dict(tiny_config, fusion_type="concat")),
+               train_data._dataset)

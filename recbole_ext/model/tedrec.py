@@ -19,6 +19,8 @@ from recbole.model.sequential_recommender.sasrec import SASRec
 from recbole_ext.data.text_features import load_item_text_embeddings
 from recbole_ext.modules.layers import FastDropout, FrequencyFusion, MoEAdaptorLayer, set_dropout_class
 
+FUSION_TYPES = ("frequency", "add")
+
 
 class TedRec(SASRec):
     r"""TedRec fuses the ID sequence and the text sequence in the frequency domain, then runs SASRec.
@@ -50,7 +52,11 @@ class TedRec(SASRec):
           (adapter and fusion), leaving SASRec trained with TedRec's cosine/temperature loss.
           ``text_shuffle_seed`` (text vectors permuted across items) and ``text_random_seed`` (random
           vectors of the same norms, the paper's random-vector ablation) keep the model and replace
-          what the items say: controls for whether a gain comes from the text.
+          what the items say: controls for whether a gain comes from the text. ``fusion_type: add``
+          (the "MoE+Add" row of the authors' fusion-method table, rebuttal of the paper; its exact form
+          is not published, here the adapted text is added to the ID embedding at each position)
+          replaces the frequency-domain fusion, whose ID-text product lets an item's text reach the
+          encoder only multiplied by the ID embeddings of other positions.
         * The adapter's dropout masks, and on CPU also those of SASRec's input and Transformer, take
           16 random bits per element (:func:`~recbole_ext.modules.layers.random_keep_mask`: the drop
           probability is rounded to a multiple of 1/65536, exact for the official 0.5), and the
@@ -76,6 +82,7 @@ class TedRec(SASRec):
         self.adaptor_dropout_prob = config["adaptor_dropout_prob"]
         self.adaptor_dropout_scope = config["adaptor_dropout_scope"] or "position"
         self.text_fusion = config["text_fusion"] is not False
+        self.fusion_type = config["fusion_type"] or "frequency"
         self._check_config()
         set_dropout_class(self, FastDropout)  # SASRec's input and Transformer dropouts
         if not self.text_fusion:  # ablation: SASRec with TedRec's cosine/temperature loss
@@ -92,9 +99,10 @@ class TedRec(SASRec):
             self.max_seq_length,
             initializer_range=self.initializer_range,
         )
-        self.fusion = FrequencyFusion(
-            self.hidden_size, self.max_seq_length, initializer_range=self.initializer_range
-        )
+        if self.fusion_type == "frequency":
+            self.fusion = FrequencyFusion(
+                self.hidden_size, self.max_seq_length, initializer_range=self.initializer_range
+            )
 
     def _check_config(self):
         if self.adaptor_layers != [self.plm_size, self.hidden_size]:
@@ -102,6 +110,8 @@ class TedRec(SASRec):
                 f"adaptor_layers must be [plm_size, hidden_size] = [{self.plm_size}, "
                 f"{self.hidden_size}], got {self.adaptor_layers}."
             )
+        if self.fusion_type not in FUSION_TYPES:
+            raise ValueError(f"fusion_type must be one of {FUSION_TYPES}, got {self.fusion_type!r}.")
         if not self.temperature or self.temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}.")
         if not isinstance(self.n_exps, int) or self.n_exps < 1:
@@ -130,10 +140,17 @@ class TedRec(SASRec):
             return self.moe_adaptor(self.plm_embedding(item_seq))
         return self.moe_adaptor.forward_by_item(self.plm_embedding.weight, item_seq)
 
+    def _fuse(self, item_emb, item_seq):
+        """ID [B, L, d] and adapted text [B, L, d] sequences -> the encoder's item input [B, L, d]."""
+        text_seq = self._text_sequence(item_seq)
+        if self.fusion_type == "add":
+            return item_emb + text_seq
+        return self.fusion(item_emb, text_seq)
+
     def forward(self, item_seq, item_seq_len):
         item_seq, item_seq_len = self._fit_length(item_seq, item_seq_len)  # [B, L], [B]
         item_emb = self.item_embedding(item_seq)  # [B, L, d]
-        fused = self.fusion(item_emb, self._text_sequence(item_seq)) if self.text_fusion else item_emb
+        fused = self._fuse(item_emb, item_seq) if self.text_fusion else item_emb
 
         position_ids = torch.arange(item_seq.size(1), dtype=torch.long, device=item_seq.device)
         input_emb = fused + self.position_embedding(position_ids).unsqueeze(0)
