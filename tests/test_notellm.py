@@ -223,11 +223,13 @@ def test_alpha_zero_runs_only_the_eval_prompts(note_config, monkeypatch):
     original = model.encoder.hidden_states
     monkeypatch.setattr(model.encoder, "hidden_states", lambda ids, lengths, **kw: widths.append(
         (ids, lengths)) or original(ids, lengths, **kw))
-    losses = model.calculate_loss(next(iter(train)))
+    batch = next(iter(train))
+    losses = model.calculate_loss(batch)
     assert len(losses) == 1
     ids, lengths = widths[0]
-    assert not (ids == model.emb_token_id).any()  # no [EMB], no guidance, no target
-    assert int(lengths.max()) <= model.prompt_ids.size(1)
+    attended = torch.arange(ids.size(1)) < lengths.unsqueeze(1)  # each row's prompt; the rest is masked
+    assert not ((ids == model.emb_token_id) & attended).any()  # no [EMB], no guidance, no target
+    assert torch.equal(lengths, model.prompt_lengths[torch.cat(model.pair_source(batch))])
 
 
 def test_item_cache_is_reused_and_invalidated(note_config):
