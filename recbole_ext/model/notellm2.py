@@ -133,7 +133,8 @@ class NoteLLM2(ItemToItemServing, SequentialRecommender):
             self._init_vision(config, dataset)
         self.template_key = "note_template" if not self.use_images else "basic_template"
         text = config["image_template"] + config["note_template"] if self.micl else config[self.template_key]
-        self.template = PromptTemplate(text, truncate_order=NOTE_TRUNCATION)
+        slots = PromptTemplate(text).fields
+        self.template = PromptTemplate(text, truncate_order=[f for f in NOTE_TRUNCATION if f in slots])
         self.notes = read_notes(config, dataset, "NoteLLM2")
         self._tokenize_prompts()
 
@@ -240,20 +241,21 @@ class NoteLLM2(ItemToItemServing, SequentialRecommender):
 
     @torch.no_grad()
     def benchmark_probe(self):
-        """What the benchmark reports beside the metrics, on the first ``probe_items`` items: items
-        embedded per second (one pass, images included) and, with late fusion, the mean share
-        ``1 - z`` of the visual feature in the fused multimodal vector."""
+        """What the benchmark reports beside the metrics: items embedded per second (the serving pass,
+        images included, over the first ``probe_items`` items) and, with late fusion, the mean share
+        ``1 - z`` of the visual feature in the fused multimodal vector (first 16 of those items)."""
         was_training = self.training
         self.eval()
         items = torch.arange(1, min(self.n_items, self.probe_items + 1), device=self.prompt_ids.device)
         start = time.perf_counter()
         self._encode_items(items)
         probe = {"items_embedded_per_second": len(items) / (time.perf_counter() - start)}
-        if self.late_fusion:
-            lengths = self.prompt_lengths[items]
+        if self.late_fusion and len(items):
+            items, lengths = items[:16], self.prompt_lengths[items[:16]]
             visual_tokens = self.connector(self.image_tokens[items].float())
             hidden = self.encoder.hidden_states(self.prompt_ids[items], lengths, {self.image_token_id: visual_tokens})
-            read = hidden[torch.arange(len(items), device=hidden.device), lengths - 1]
-            probe["late_fusion_visual_share"] = float((1 - self.encoder.pre_projection.mix(read, self.image_pooled[items])[1]).mean())
+            read = hidden[torch.arange(len(items), device=hidden.device), lengths - 1]  # [16, H]
+            gate = self.encoder.pre_projection.mix(read, self.image_pooled[items])[1]
+            probe["late_fusion_visual_share"] = float((1 - gate).mean())
         self.train(was_training)
         return probe
