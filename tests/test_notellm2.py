@@ -80,7 +80,11 @@ def test_visual_embedding_sees_only_the_image_and_the_multimodal_one_both(mm_con
         model.image_tokens[b] = torch.randn_like(model.image_tokens[b]) * model.image_tokens[a].float().std()
         multimodal2, visual2 = model(torch.tensor([a, b]), with_visual=True)
     assert not torch.allclose(visual2[1], visual[1], atol=1e-3) and not torch.allclose(multimodal2[1], multimodal[1], atol=1e-3)
-    assert torch.allclose(model.item_embeddings()[[a]], multimodal2[:1], atol=1e-5)  # served vector = n_m
+    table = model.item_embeddings()
+    assert torch.allclose(table[[a]], multimodal2[:1], atol=1e-5)  # the served vector is n_m
+    assert not table[0].any() and torch.allclose(table[1:].norm(dim=-1), torch.ones(model.n_items - 1), atol=1e-5)
+    with_padding = model._encode_items(torch.tensor([0, b, a]))  # padding first: no image slots to misalign
+    assert not with_padding[0].any() and torch.allclose(with_padding[1:], table[[b, a]], atol=1e-5)
 
 
 def test_late_fusion_gate_is_a_convex_mix_of_the_state_and_the_projected_visual_feature():

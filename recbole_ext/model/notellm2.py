@@ -201,7 +201,7 @@ class NoteLLM2(ItemToItemServing, SequentialRecommender):
     def forward(self, items, with_visual=False):
         """Normalised multimodal embeddings [N, d] of ``items`` and, when ``with_visual`` (mICL only),
         their visual embeddings [N, d] (else None)."""
-        lengths = self.prompt_lengths[items].clamp(min=1)
+        lengths = self.prompt_lengths[items]
         ids = self.prompt_ids[items]
         if not self.use_images:
             return self.encoder.embed(self.encoder.hidden_states(ids, lengths), lengths - 1), None
@@ -231,13 +231,15 @@ class NoteLLM2(ItemToItemServing, SequentialRecommender):
     @torch.no_grad()
     def _encode_items(self, items):
         """Multimodal embeddings of distinct ``items``, longest prompts first (less padding),
-        ``eval_item_batch_size`` at a time: [len(items), d]."""
-        order = torch.argsort(self.prompt_lengths[items], descending=True)
+        ``eval_item_batch_size`` at a time: [len(items), d]; the padding item 0 (no prompt, no image
+        slots) is never encoded and stays zero."""
+        real = torch.nonzero(items > 0).squeeze(1)
+        order = real[torch.argsort(self.prompt_lengths[items[real]], descending=True)]
         embeddings = torch.zeros(len(items), self.embedding_size, device=self.prompt_ids.device)
         chunks = order.split(self.eval_item_batch_size)
         for chunk in tqdm(chunks, desc="NoteLLM2 item embeddings", disable=not self.show_progress or len(chunks) < 2):
             embeddings[chunk] = self.forward(items[chunk])[0]
-        return embeddings * (items > 0).unsqueeze(1)  # PAD row 0 stays zero
+        return embeddings
 
     @torch.no_grad()
     def benchmark_probe(self):
