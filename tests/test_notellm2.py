@@ -159,6 +159,18 @@ def test_training_lowers_the_loss_and_trains_connector_and_gate(mm_config):
     assert totals[-1] < totals[0]
 
 
+def test_lora_trains_adapters_new_token_rows_connector_and_gate(mm_config):
+    _, model, train, _ = _build(mm_config, finetune="lora")
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    llm = {n for n in trainable if n.startswith("encoder.llm.")}
+    assert llm and all("lora_" in n or "trainable_tokens_delta" in n for n in llm)
+    assert {n.split(".")[0] for n in trainable - llm} == {"connector", "encoder", "logit_scale"}
+    assert {n for n in trainable - llm if n.startswith("encoder.")} == {
+        "encoder.projection.weight", "encoder.pre_projection.gate.weight", "encoder.pre_projection.visual_projection.weight"}
+    sum(model.calculate_loss(next(iter(train)))).backward()
+    assert all(p.grad is not None for n, p in model.named_parameters() if "lora_B" in n)
+
+
 def test_run_recbole_on_digits_mm_and_checkpoint_round_trip(mm_config, image_feature_dir):
     result = run_recbole(model="NoteLLM2", dataset="digits-mm", config_dict={**mm_config, "epochs": 2})
     saved = [f for f in os.listdir(mm_config["checkpoint_dir"]) if f.startswith("NoteLLM2")]

@@ -131,8 +131,11 @@ class NoteLLM2(ItemToItemServing, SequentialRecommender):
         self.logit_scale = LogitScale(config["tau_init"], config["tau_max_scale"])
         if self.use_images:
             self._init_vision(config, dataset)
-        self.template_key = "note_template" if not self.use_images else "basic_template"
-        text = config["image_template"] + config["note_template"] if self.micl else config[self.template_key]
+        if self.micl:
+            self.prompt_name, text = "image_template + note_template", config["image_template"] + config["note_template"]
+        else:
+            self.prompt_name = "basic_template" if self.use_images else "note_template"
+            text = config[self.prompt_name]
         slots = PromptTemplate(text).fields
         self.template = PromptTemplate(text, truncate_order=[f for f in NOTE_TRUNCATION if f in slots])
         self.notes = read_notes(config, dataset, "NoteLLM2")
@@ -172,7 +175,6 @@ class NoteLLM2(ItemToItemServing, SequentialRecommender):
         buffers ``prompt_ids`` [n_items, T] and ``prompt_lengths``; with mICL also ``visual_positions``
         (the token before ``[IMG_EMB]``, shifted by the expansion)."""
         expected = {IMG_TOKEN: int(self.use_images), IMG_EMB_TOKEN: int(self.micl)}
-        template = "image_template + note_template" if self.micl else self.template_key
         rows = [[]]
         for item, note in enumerate(self.notes[1:], start=1):
             values = {"title": note["title"], "topic": ", ".join(note["tags"]), "content": note["content"]}
@@ -181,7 +183,7 @@ class NoteLLM2(ItemToItemServing, SequentialRecommender):
                 found = ids.count(self.encoder.token_ids[token]) if token in self.encoder.token_ids else count
                 if found != count:
                     raise ValueError(
-                        f"NoteLLM2's prompt ({template}) must hold {token} {count} time(s), but item {item}'s "
+                        f"NoteLLM2's prompt ({self.prompt_name}) must hold {token} {count} time(s), but item {item}'s "
                         f"prompt holds it {found} time(s). Fix the template (or the item text, if it contains {token})."
                     )
             if self.use_images:
