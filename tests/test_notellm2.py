@@ -117,6 +117,17 @@ def test_late_fusion_switch_decides_whether_the_pooled_feature_is_used(mm_config
         assert torch.allclose(after[0], before[0], atol=1e-6) != late_fusion
 
 
+def test_benchmark_probe_reports_speed_and_how_much_of_the_image_is_fused(mm_config):
+    _, model, _, _ = _build(mm_config, probe_items=8)
+    probe = model.benchmark_probe()
+    assert probe["items_embedded_per_second"] > 0 and 0 < probe["late_fusion_visual_gate"] < 1
+    assert probe["late_fusion_visual_norm_share"] > 0 and model.training  # the mode is restored
+    with torch.no_grad():
+        model.encoder.pre_projection.visual_projection.weight.zero_()  # v = 0: nothing of the image is fused
+    assert model.benchmark_probe()["late_fusion_visual_norm_share"] == 0
+    assert "late_fusion_visual_gate" not in _build(mm_config, probe_items=8, late_fusion=False)[1].benchmark_probe()
+
+
 def test_micl_loss_is_the_9_to_1_mix_of_the_two_contrastive_losses(mm_config):
     _, model, train, _ = _build(mm_config)
     model.eval()  # no Q-Former dropout: the hand computation sees the same embeddings

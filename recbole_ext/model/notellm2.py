@@ -246,8 +246,10 @@ class NoteLLM2(ItemToItemServing, SequentialRecommender):
     @torch.no_grad()
     def benchmark_probe(self):
         """What the benchmark reports beside the metrics: items embedded per second (the serving pass,
-        images included, over the first ``probe_items`` items) and, with late fusion, the mean share
-        ``1 - z`` of the visual feature in the fused multimodal vector (first 16 of those items)."""
+        images included, over the first ``probe_items`` items) and, with late fusion, on the first 16
+        of them, how much of the fused multimodal vector comes from the image: the mean gate weight
+        ``1 - z`` of the visual side, and the mean norm share ``|(1 - z) v| / |h'|`` (the two differ
+        when the LLM state and ``v = W_p c`` have different scales)."""
         was_training = self.training
         self.eval()
         items = torch.arange(1, min(self.n_items, self.probe_items + 1), device=self.prompt_ids.device)
@@ -259,7 +261,10 @@ class NoteLLM2(ItemToItemServing, SequentialRecommender):
             visual_tokens = self.connector(self.image_tokens[items].float())
             hidden = self.encoder.hidden_states(self.prompt_ids[items], lengths, {self.image_token_id: visual_tokens})
             read = hidden[torch.arange(len(items), device=hidden.device), lengths - 1]  # [16, H]
-            gate = self.encoder.pre_projection.mix(read, self.image_pooled[items])[1]
-            probe["late_fusion_visual_share"] = float((1 - gate).mean())
+            gate = self.encoder.pre_projection
+            fused, z = gate.mix(read, self.image_pooled[items])
+            visual_part = (1 - z) * gate.visual_projection(self.image_pooled[items])
+            probe["late_fusion_visual_gate"] = float((1 - z).mean())
+            probe["late_fusion_visual_norm_share"] = float((visual_part.norm(dim=-1) / fused.norm(dim=-1)).mean())
         self.train(was_training)
         return probe
