@@ -195,6 +195,11 @@ def test_run_recbole_on_digits_mm_and_checkpoint_round_trip(mm_config, image_fea
     assert trainer.evaluate(test_data, load_best_model=False)["ndcg@10"] == pytest.approx(
         result["test_result"]["ndcg@10"], abs=1e-6)
     assert [f for f in os.listdir(image_feature_dir) if f.endswith(".npz")]
+    model.eval()
+    interaction = next(iter(test_data))[0]
+    scores = model.full_sort_predict(interaction)  # [B, n_items]
+    rows = torch.arange(len(scores))
+    assert torch.allclose(model.predict(interaction), scores[rows, interaction["item_id"]], atol=1e-5)  # sampled eval
 
 
 def test_ml100k_without_images_runs_text_only_with_one_warning(note_config, caplog):
