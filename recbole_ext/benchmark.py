@@ -155,6 +155,7 @@ def run_benchmark(benchmark, models=None, seeds=None, output_dir=None, overrides
         recbole_model, config = model_and_config(bench, model)
         config = dict(_absolute_paths(config), seed=seed)
         config.setdefault("text_feature_dir", os.path.join(output_dir, "text_features"))  # built once
+        config.setdefault("image_feature_dir", os.path.join(output_dir, "image_features"))  # built once
         record = _run_in_subprocess(
             model, recbole_model, bench["dataset"], seed, config, run_dir, list(overrides),
             bench.get("extra_test_modes") or [], command,

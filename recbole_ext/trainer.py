@@ -56,7 +56,7 @@ class LLMTrainer(BudgetTrainer):
       training steps, then decays linearly to 0 at the last (``transformers``' schedule), stepped
       after every optimizer step; ``constant`` keeps RecBole's fixed rate.
 
-    Used by NoteLLM (and meant for the planned NoteLLM2 and LSVCR).
+    Used by NoteLLM and NoteLLM2.
     """
 
     def __init__(self, config, model):

@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny atomic dataset cut from ml-100k and a tiny local text encoder."""
+"""Shared fixtures: a tiny atomic dataset cut from ml-100k, a tiny local text encoder, a tiny CLIP
+vision tower and a small generated digits-mm dataset."""
 
 import os
 
@@ -102,6 +103,35 @@ def note_config(tiny_config):
     config.update(llm_path="tiny", train_batch_size=16, learning_rate=0.001, train_batches_per_epoch=3,
                   eval_item_batch_size=128, epochs=1)
     return config
+
+
+TINY_IMAGE = 32
+TINY_PATCH = 8  # -> 4x4 patches + CLS = 17 tokens
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tmp_path_factory):
+    """A random 2-layer 16-d CLIP vision tower with its image processor, saved as a local HF folder."""
+    import torch
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
+
+    folder = str(tmp_path_factory.mktemp("tiny_clip"))
+    torch.manual_seed(0)
+    config = CLIPVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+                              image_size=TINY_IMAGE, patch_size=TINY_PATCH, projection_dim=16)
+    CLIPVisionModel(config).save_pretrained(folder)
+    CLIPImageProcessor(size={"shortest_edge": TINY_IMAGE}, crop_size={"height": TINY_IMAGE, "width": TINY_IMAGE}).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def digits_root(tmp_path_factory):
+    """A small generated digits-mm dataset (parent folder = RecBole data_path)."""
+    from recbole_ext.data import synthetic_images
+
+    root = str(tmp_path_factory.mktemp("digits"))
+    synthetic_images.generate(root, n_users=40, n_items=60, seq_len_min=5, seq_len_max=10, seed=7)
+    return root
 
 
 @pytest.fixture(autouse=True)

@@ -81,7 +81,7 @@ def test_packaged_benchmark_configs_pass_the_checks():
     from recbole_ext.benchmark import load_benchmark, model_and_config
     from recbole_ext.config_check import check_config_values
 
-    for name in ("ml-100k", "ml-1m", "unisrec-downstream", "notellm-ml-100k", "lrd-ml-100k"):
+    for name in ("ml-100k", "ml-1m", "unisrec-downstream", "notellm-ml-100k", "lrd-ml-100k", "notellm2-digits-mm"):
         bench = load_benchmark(name)
         for label in bench["models"]:
             check_config_values(*reversed(model_and_config(bench, label)))

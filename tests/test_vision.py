@@ -17,32 +17,7 @@ from recbole_ext.data import synthetic_images as syn
 from recbole_ext.data.images import ImageDataError, ItemImages
 from recbole_ext.modules.connector import QFormerConnector
 from recbole_ext.modules.vision import FrozenVisionEncoder, VisionEncoderError
-
-TINY_IMAGE = 32
-TINY_PATCH = 8  # -> 4x4 patches + CLS = 17 tokens
-
-
-@pytest.fixture(scope="session")
-def tiny_clip(tmp_path_factory):
-    """A random 2-layer 16-d CLIP vision tower with its image processor, saved as a local HF folder."""
-    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
-
-    folder = str(tmp_path_factory.mktemp("tiny_clip"))
-    torch.manual_seed(0)
-    config = CLIPVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
-                              image_size=TINY_IMAGE, patch_size=TINY_PATCH, projection_dim=16)
-    CLIPVisionModel(config).save_pretrained(folder)
-    CLIPImageProcessor(size={"shortest_edge": TINY_IMAGE}, crop_size={"height": TINY_IMAGE, "width": TINY_IMAGE}).save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture(scope="session")
-def digits_root(tmp_path_factory):
-    """A small generated digits-mm dataset (parent folder = RecBole data_path)."""
-    root = str(tmp_path_factory.mktemp("digits"))
-    syn.generate(root, n_users=40, n_items=60, seq_len_min=5, seq_len_max=10, seed=7)
-    return root
-
+from tests.conftest import TINY_IMAGE, TINY_PATCH
 
 class _Config(dict):
     """RecBole's Config returns None for keys it does not hold."""

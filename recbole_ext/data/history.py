@@ -11,7 +11,7 @@ alike (the counterpart of the history RecBole's evaluator masks for general reco
 ml-100k's dataset config min-max scales every float field, timestamps included, which would turn
 ``cooc_max_gap`` (seconds) into a no-op.
 
-Used by NoteLLM and FrozenTextI2I as their ``<Model>Dataset``.
+Used by NoteLLM, NoteLLM2 and FrozenTextI2I as their ``<Model>Dataset``.
 """
 
 import numpy as np

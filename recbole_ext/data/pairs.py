@@ -12,8 +12,8 @@ A RecBole training row ``(item_id_list, item_id)`` becomes an (anchor, positive)
   has none).
 
 Time gaps need raw timestamps: a time field that RecBole min-max normalised (ml-100k's dataset config
-sets ``normalize_all``) is refused unless it is listed in ``raw_fields``. Used by NoteLLM (and the
-planned NoteLLM2).
+sets ``normalize_all``) is refused unless it is listed in ``raw_fields``. Used by NoteLLM and
+NoteLLM2.
 """
 
 import math

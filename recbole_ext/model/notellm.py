@@ -29,8 +29,8 @@ Serving (``recbole_ext.modules.i2i``): each item is embedded once per evaluation
 by the embedding of their last item (faithful I2I; ``query_mode: mean|decay`` are options) and, by
 default, every item of the user's history before the target is masked.
 
-What is NoteLLM's own lives here: the note (fields of the ``.item`` file), the prompt and task
-guidance (templates in ``props/NoteLLM.yaml``), the CSFT token tables and the loss mix. The LLM
+What is NoteLLM's own lives here: the prompt and task guidance (templates in ``props/NoteLLM.yaml``),
+the CSFT token tables and the loss mix. The note (``.item`` fields, ``recbole_ext.data.notes``), the LLM
 (``LLMEncoder``: loading, ``[EMB]``, LoRA, hidden states, LM loss, trimmed checkpoints), pair sources,
 InfoNCE, I2I serving and the trainer are shared blocks.
 
@@ -45,7 +45,6 @@ frozen, whose per-prompt states are then computed once and cached (exact for tha
 embeddings and losses as its plain forward, checked by a test).
 """
 
-import os
 import time
 from collections import Counter
 from logging import getLogger
@@ -57,7 +56,7 @@ from tqdm import tqdm
 
 from recbole_ext.data.history import HistoryIndexedDataset
 from recbole_ext.data.pairs import PairSource
-from recbole_ext.data.text_features import TextFeatureError, read_atomic_header, read_item_fields
+from recbole_ext.data.notes import read_notes
 from recbole_ext.modules.contrastive import LogitScale, symmetric_info_nce
 from recbole_ext.modules.i2i import ItemToItemServing
 from recbole_ext.modules.llm import IGNORE_INDEX, LLMEncoder, LowerLayerCache, position_before
@@ -65,14 +64,7 @@ from recbole_ext.modules.prompts import PromptTemplate
 from recbole_ext.trainer import LLMTrainer
 
 EMB_TOKEN = "[EMB]"
-CATEGORY_TRANSFORMS = ("none", "decade")
 NOTE_TRUNCATION = ("content", "topic", "title")  # the note body shrinks to fit max_tokens, never the suffix
-
-
-def _category(value, transform):
-    if transform == "decade":
-        return f"{value[:3]}0s" if len(value) == 4 and value.isdigit() else ""
-    return value
 
 
 class NoteLLMDataset(HistoryIndexedDataset):
@@ -105,15 +97,11 @@ class NoteLLM(ItemToItemServing, SequentialRecommender):
         self.guidance = {"category": config["category_guidance"], "hashtag": config["hashtag_guidance"]}
         self.max_tokens = config["max_tokens"]
 
-        self.notes = self._read_notes(config, dataset)
+        self.notes = read_notes(config, dataset, "NoteLLM")
         self._tokenize_notes()
         self._lower_caches = None  # train_top_layers: {table: LowerLayerCache}, built on first use
 
     def _check_config(self, config):
-        if config["category_transform"] not in CATEGORY_TRANSFORMS:
-            raise ValueError(
-                f"category_transform must be one of {CATEGORY_TRANSFORMS}, got {config['category_transform']!r}."
-            )
         if not 0 <= self.hashtag_ratio <= 1 or self.alpha < 0:
             raise ValueError("hashtag_ratio must lie in [0, 1] and alpha be >= 0.")
         for key in ("embedding_size", "eval_item_batch_size", "max_tokens"):
@@ -125,46 +113,6 @@ class NoteLLM(ItemToItemServing, SequentialRecommender):
             )
 
     # ----- notes and prompts --------------------------------------------------------------
-    def _read_notes(self, config, dataset):
-        """Per internal item id: dict(title, tags, content, category) from the ``.item`` file."""
-        item_file = os.path.join(config["data_path"], f"{config['dataset']}.item")
-        fields = {k: config[f"{k}_field"] for k in ("title", "hashtag", "content", "category")}
-        if not os.path.isfile(item_file):
-            raise TextFeatureError(
-                f"NoteLLM needs item text but '{item_file}' is missing. Add a '.item' file with a title "
-                "field (and optionally hashtag/content/category fields) and name them in `title_field` etc."
-            )
-        header = list(read_atomic_header(item_file, config["field_separator"]))
-        wanted = [f for f in fields.values() if f]
-        missing = [f for f in wanted if f not in header]
-        if not fields["title"] or missing:
-            raise TextFeatureError(
-                f"'{item_file}' has no field(s) {missing or ['(title_field unset)']}; its fields are "
-                f"{header}. Set `title_field`, `hashtag_field`, `content_field`, `category_field` to them (or ~)."
-            )
-        if fields["category"] and fields["category"] in (fields["title"], fields["hashtag"], fields["content"]):
-            raise ValueError("category_field must not also be an input field: CSFT would just copy it.")
-        frame = read_item_fields(item_file, config["ITEM_ID_FIELD"], list(dict.fromkeys(wanted)),
-                                 config["field_separator"])
-        rows = {token: row for token, row in zip(frame[config["ITEM_ID_FIELD"]], frame.to_dict("records"))}
-        separator = config["seq_separator"] or " "
-        notes, absent = [None], 0
-        for token in dataset.field2id_token[self.ITEM_ID][1:]:
-            row = rows.get(token)
-            absent += row is None
-            row = row or {}
-            tags = [t for t in row.get(fields["hashtag"], "").split(separator) if t] if fields["hashtag"] else []
-            notes.append({
-                "title": row.get(fields["title"], "")[: config["max_title_chars"]],
-                "tags": list(dict.fromkeys(tags))[: config["max_hashtags"]],
-                "content": row.get(fields["content"], "")[: config["max_content_chars"]] if fields["content"] else "",
-                "category": _category(row.get(fields["category"], ""), config["category_transform"])
-                if fields["category"] else "",
-            })
-        if absent:
-            getLogger().warning(f"{absent} items of the interactions are not in '{item_file}' and get an empty note.")
-        return notes
-
     def _prompt_ids(self, note, tags):
         """BOS + the Note Compression Prompt up to (not including) ``[EMB]``, its body cut to
         ``max_tokens``; the last token (the opening quote) is the one read out."""

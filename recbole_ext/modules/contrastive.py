@@ -1,7 +1,7 @@
 """In-batch InfoNCE between paired query and key sets, and its logit scale.
 
-Used by NoteLLM and FrozenTextI2I (the symmetric 2B loss over pairs of related items), and meant for
-the planned LSVCR (one-way user -> target text, symmetric SR user <-> LLM user) and NoteLLM2.
+Used by NoteLLM, NoteLLM2 and FrozenTextI2I (the symmetric 2B loss over pairs of related items), and
+meant for the planned LSVCR (one-way user -> target text, symmetric SR user <-> LLM user).
 """
 
 import torch

@@ -1,5 +1,5 @@
-"""Item-to-item serving shared by content-based retrievers (NoteLLM and its frozen-encoder baseline
-FrozenTextI2I; meant for the planned NoteLLM2).
+"""Item-to-item serving shared by content-based retrievers (NoteLLM, NoteLLM2 and their frozen-encoder
+baseline FrozenTextI2I).
 
 A user is queried by the embedding of their last item (``query_mode: last``, the I2I setting of the
 papers) or of their ``query_items`` most recent items (``mean``, or ``decay`` with weights

@@ -1,4 +1,4 @@
-"""Causal LLMs loaded offline and used as encoders of prompts (NoteLLM today; NoteLLM2 and LSVCR).
+"""Causal LLMs loaded offline and used as encoders of prompts (NoteLLM and NoteLLM2).
 
 ``llm_path`` is one of:
 
@@ -160,7 +160,7 @@ def position_before(ids, lengths, marker_id):
 
 
 class LLMEncoder(nn.Module):
-    """A causal LLM that turns prompts into vectors. Used by NoteLLM (and the planned NoteLLM2, LSVCR).
+    """A causal LLM that turns prompts into vectors. Used by NoteLLM and NoteLLM2.
 
     * Loading: ``llm_path`` (see the module docstring). On a GPU with ``llm_bf16`` the LLM runs under
       bf16 autocast, and a base that does not train in full (``lora``, ``frozen``) is loaded in bf16

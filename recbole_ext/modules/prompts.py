@@ -2,7 +2,7 @@
 
 A template is a ``string.Template`` text with ``${field}`` slots, e.g. NoteLLM's Note Compression
 Prompt ``Note: {"title": "${title}", ...}, compress it into one word: "``; the models keep their
-templates in their props YAML. Used by NoteLLM (and the planned NoteLLM2 and LSVCR prompts).
+templates in their props YAML. Used by NoteLLM and NoteLLM2 (and the planned LSVCR prompts).
 """
 
 from string import Template
