@@ -10,7 +10,9 @@ optional per-model ``model_config``; other ``--key=value`` flags override the co
 ``extra_test_modes: [uni100]`` also evaluates each run's best checkpoint on the test split in those
 RecBole eval modes (one training, several test protocols; e.g. full ranking plus sampled).
 A ``models`` entry may be a variant label whose ``model_config`` names the RecBole model, e.g.
-``TedRec-fast: {model: TedRec, adaptor_dropout_scope: item}``.
+``TedRec-fast: {model: TedRec, adaptor_dropout_scope: item}``. A config value ``run:<label>`` is the best
+checkpoint of that label's run with the same seed (the label must come earlier in ``models``), so a
+two-stage model chains its stages, e.g. ``LSVCR-aligned: {model: LSVCR, pretrained_core: run:LSVCR-stage1}``.
 Each run is a subprocess (so RecBole's logger, memory and crashes stay per run) whose record lands in
 ``<output_dir>/runs/<model>-seed<seed>/record.json`` (with the validation result after every epoch and
 the training rows seen by then); a re-run skips finished runs, and
@@ -79,17 +81,30 @@ class BenchmarkConfigError(ValueError):
     """A benchmark names a model that does not exist."""
 
 
+RUN_REFERENCE = "run:"
+
+
+def _run_references(config):
+    """{config key: label} of the values that name another run's checkpoint (``run:<label>``)."""
+    return {k: v[len(RUN_REFERENCE):] for k, v in config.items() if isinstance(v, str) and v.startswith(RUN_REFERENCE)}
+
+
 def check_labels(bench, labels):
-    """Refuse, before any run starts, a label that resolves to no model (a typo in --models)."""
+    """Refuse, before any run starts, a label that resolves to no model (a typo in --models) or that
+    needs the checkpoint of a label that does not run before it."""
     from recbole_ext.registry import check_model_name
 
     problems = []
-    for label in labels:
-        model, _ = model_and_config(bench, label)
+    for index, label in enumerate(labels):
+        model, config = model_and_config(bench, label)
         try:
             check_model_name(model)
         except ValueError as error:
             problems.append(f"  {label}: {error}")
+        for key, source in _run_references(config).items():
+            if source not in labels[:index]:
+                problems.append(f"  {label}: {key} takes the checkpoint of '{source}', which must be listed "
+                                f"before it in --models / models (runs: {', '.join(labels)}).")
     if problems:
         raise BenchmarkConfigError(
             f"Benchmark '{bench['name']}': {len(problems)} of the models cannot run, so nothing was started:\n"
@@ -154,6 +169,13 @@ def run_benchmark(benchmark, models=None, seeds=None, output_dir=None, overrides
         print(f"[{index}/{len(plan)}] {model} seed {seed}: running (log: {run_dir}/run.log)", flush=True)
         recbole_model, config = model_and_config(bench, model)
         config = dict(_absolute_paths(config), seed=seed)
+        try:
+            config.update({k: _checkpoint_of(output_dir, v, seed) for k, v in _run_references(config).items()})
+        except BenchmarkConfigError as error:  # the stage it builds on failed: this run cannot start
+            records.append({"model": model, "recbole_model": recbole_model, "dataset": bench["dataset"],
+                            "seed": seed, "status": "failed", "error": str(error), "command": command})
+            print(f"[{index}/{len(plan)}] {model} seed {seed}: failed ({error})", flush=True)
+            continue
         config.setdefault("text_feature_dir", os.path.join(output_dir, "text_features"))  # built once
         config.setdefault("image_feature_dir", os.path.join(output_dir, "image_features"))  # built once
         record = _run_in_subprocess(
@@ -167,6 +189,21 @@ def run_benchmark(benchmark, models=None, seeds=None, output_dir=None, overrides
         json.dump(records, f, indent=1)
     write_summary(records, models, output_dir)
     return records
+
+
+def _checkpoint_of(output_dir, label, seed):
+    """Best checkpoint of a finished run (``run:<label>`` references)."""
+    record_path = os.path.join(output_dir, "runs", f"{label}-seed{seed}", RECORD_FILE)
+    record = None
+    if os.path.isfile(record_path):
+        with open(record_path, encoding="utf-8") as f:
+            record = json.load(f)
+    if not record or record["status"] != "ok" or not os.path.isfile(record.get("checkpoint") or ""):
+        raise BenchmarkConfigError(
+            f"run:{label} needs the checkpoint of {label} seed {seed}, which did not finish (see "
+            f"{os.path.dirname(record_path)}/run.log); run {label} first."
+        )
+    return record["checkpoint"]
 
 
 def _short_metrics(record):
@@ -307,6 +344,7 @@ def run_single(spec_path):
         "eval_seconds": eval_seconds,
         "denormals_flushed": recbole_ext.denormals.flushing,
         "command": spec.get("command"),
+        "checkpoint": os.path.abspath(trainer.saved_model_file),
         "valid_metric": config["valid_metric"].lower(),
         "curve": curve,
     }

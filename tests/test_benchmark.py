@@ -6,10 +6,17 @@ import os
 import pytest
 import yaml
 
-from recbole_ext.benchmark import PUBLISH_MARKER, load_benchmark, main, model_and_config, publish_name
+from recbole_ext.benchmark import (
+    PUBLISH_MARKER,
+    BenchmarkConfigError,
+    load_benchmark,
+    main,
+    model_and_config,
+    publish_name,
+)
 
 RECORD_FIELDS = {"model", "dataset", "seed", "valid", "test", "epoch_seconds", "epochs", "best_epoch",
-                 "params", "eval_seconds", "denormals_flushed", "command"}
+                 "params", "eval_seconds", "denormals_flushed", "command", "checkpoint", "valid_metric", "curve"}
 
 
 def test_packaged_benchmarks_load():
@@ -220,3 +227,35 @@ def test_per_user_metrics_cover_every_topk_metric_recbole_has(monkeypatch):
     assert values["mrr@3"] == [0.5, 0.0] and values["mrr@1"] == [0.0, 0.0]
     assert values["hit@3"] == [1.0, 0.0] and values["recall@3"] == [1.0, 0.0]
     assert values["precision@3"] == pytest.approx([1 / 3, 0.0])
+
+
+def test_run_references_pass_an_earlier_runs_checkpoint_of_the_same_seed(tmp_path, monkeypatch):
+    import recbole_ext.benchmark as harness
+
+    bench_file = tmp_path / "chain.yaml"
+    bench_file.write_text(yaml.safe_dump({
+        "dataset": "tiny", "models": ["Stage1", "Stage2"], "seeds": [1, 2], "config": {},
+        "model_config": {"Stage1": {"model": "SASRec"},
+                         "Stage2": {"model": "SASRec", "pretrained_core": "run:Stage1"}}}))
+    started = []
+
+    def fake_run(label, model, dataset, seed, config, run_dir, *rest):
+        os.makedirs(run_dir, exist_ok=True)
+        checkpoint = os.path.join(run_dir, "best.pth")
+        open(checkpoint, "w").close()
+        started.append((label, seed, config.get("pretrained_core")))
+        status = "failed" if (label, seed) == ("Stage1", 2) else "ok"
+        record = {"model": label, "seed": seed, "status": status, "checkpoint": checkpoint,
+                  "test": {"ndcg@10": 0.1}, "epoch_seconds": 1.0}
+        with open(os.path.join(run_dir, "record.json"), "w") as f:
+            json.dump(record, f)
+        return record
+
+    monkeypatch.setattr(harness, "_run_in_subprocess", fake_run)
+    monkeypatch.setattr(harness, "write_summary", lambda *args: None)
+    records = main([f"--benchmark={bench_file}", f"--output_dir={tmp_path / 'out'}"])
+    first = str(tmp_path / "out" / "runs" / "Stage1-seed1" / "best.pth")
+    assert started == [("Stage1", 1, None), ("Stage2", 1, first), ("Stage1", 2, None)]
+    assert records[-1]["status"] == "failed" and "run Stage1 first" in records[-1]["error"]
+    with pytest.raises(BenchmarkConfigError, match="must be listed before it"):
+        main([f"--benchmark={bench_file}", "--models=Stage2,Stage1", f"--output_dir={tmp_path / 'out2'}"])
