@@ -2,6 +2,7 @@
 
 import os
 
+import numpy as np
 import pytest
 import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
@@ -14,6 +15,7 @@ from recbole_ext.modules.llm import (
     LowerLayerCache,
     add_special_tokens,
     expand_placeholder,
+    pad_token_rows,
     position_before,
     resolve_llm,
 )
@@ -253,3 +255,24 @@ def test_top_layer_training_freezes_below_the_split_and_its_cache_is_exact():
 def test_bad_train_top_layers_is_refused(overrides, message):
     with pytest.raises(ValueError, match=message):
         LLMEncoder(_encoder_config(**overrides))
+
+
+def test_last_token_states_match_one_prompt_at_a_time_and_keep_the_prompt_end():
+    encoder = LLMEncoder(_encoder_config(), finetune="frozen")  # the argument overrides config['finetune']
+    assert not any(p.requires_grad for p in encoder.llm.parameters())
+    prompts = ["a short prompt", "a much longer prompt about noodles and goals " * 3, "x"]
+    vectors = encoder.last_token_states(prompts, max_tokens=12, batch_size=2, show_progress=False)
+    assert vectors.shape == (3, encoder.hidden_size) and vectors.dtype == np.float32
+    for prompt, vector in zip(prompts, vectors):  # batching and padding change nothing
+        ids = encoder.prompt_ids(prompt, 12)
+        assert len(ids) <= 12 and ids[0] == encoder.bos[0]
+        hidden = encoder.hidden_states(torch.tensor([ids]), torch.tensor([len(ids)]))
+        np.testing.assert_allclose(vector, hidden[0, -1].detach().numpy(), atol=1e-5)
+    long_ids = encoder.prompt_ids(prompts[1], 12)
+    assert long_ids[1:] == encoder.tokenize(prompts[1])[-11:]  # the start is cut, the end kept
+
+
+def test_pad_token_rows():
+    ids, lengths = pad_token_rows([[5, 6, 7], [8], []], pad_id=0)
+    assert ids.tolist() == [[5, 6, 7], [8, 0, 0], [0, 0, 0]] and lengths.tolist() == [3, 1, 0]
+    assert pad_token_rows([[1]], pad_id=9, width=3)[0].tolist() == [[1, 9, 9]]

@@ -1,4 +1,4 @@
-"""Causal LLMs loaded offline and used as encoders of prompts (NoteLLM and NoteLLM2).
+"""Causal LLMs loaded offline and used as encoders of prompts (NoteLLM, NoteLLM2 and LSVCR).
 
 ``llm_path`` is one of:
 
@@ -21,9 +21,11 @@ import importlib.util
 import os
 from contextlib import contextmanager
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm import tqdm
 
 from recbole_ext.data.text_features import DEFAULT_ENCODER, resolve_encoder_path
 
@@ -150,6 +152,16 @@ def expand_placeholder(ids, placeholder_id, count):
     return expanded
 
 
+def pad_token_rows(rows, pad_id, width=None):
+    """Right-padded id table of token-id lists: (ids [N, width] long, lengths [N] long);
+    ``width`` defaults to the longest row."""
+    width = width or max((len(r) for r in rows), default=1)
+    ids = torch.full((len(rows), max(width, 1)), pad_id, dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = torch.as_tensor(row, dtype=torch.long)
+    return ids, torch.tensor([len(r) for r in rows], dtype=torch.long)
+
+
 def position_before(ids, lengths, marker_id):
     """[N] index of the token before the first ``marker_id`` of each right-padded row of ``ids``
     (the compressed-token read-out of NoteLLM/NoteLLM2); rows without the marker read their last token."""
@@ -160,13 +172,14 @@ def position_before(ids, lengths, marker_id):
 
 
 class LLMEncoder(nn.Module):
-    """A causal LLM that turns prompts into vectors. Used by NoteLLM and NoteLLM2.
+    """A causal LLM that turns prompts into vectors. Used by NoteLLM, NoteLLM2 and LSVCR.
 
     * Loading: ``llm_path`` (see the module docstring). On a GPU with ``llm_bf16`` the LLM runs under
       bf16 autocast, and a base that does not train in full (``lora``, ``frozen``) is loaded in bf16
       (half the memory; adapters stay float32); full fine-tuning keeps float32 master weights. On the
       CPU everything is float32. ``special_tokens`` are added (mean-initialised), ids in ``token_ids``.
-    * ``finetune``: ``full``, ``lora`` (peft adapters plus the new token rows only) or ``frozen``.
+    * ``finetune``: ``full``, ``lora`` (peft adapters plus the new token rows only) or ``frozen``
+      (the constructor's ``finetune`` argument, when given, overrides the config: a frozen teacher).
     * ``train_top_layers: k`` (with ``full``): only the last ``k`` decoder layers, the final norm and an
       untied LM head train; the token embeddings (new token rows included) and the lower layers stay
       frozen, so a fixed prompt's hidden states below the split never change and
@@ -176,13 +189,15 @@ class LLMEncoder(nn.Module):
     * :meth:`embed` reads hidden states at given positions, applies ``pre_projection`` when a model
       sets one (NoteLLM2's late fusion), projects without bias to ``output_size`` and L2-normalises.
     * :meth:`lm_loss` is the next-token loss on labelled tokens only.
+    * :meth:`last_token_states` encodes many prompts once, without gradients (a frozen teacher's
+      vectors, e.g. LSVCR's precomputed LLM user vectors).
     * ``state_dict`` leaves out the frozen base weights (rebuilt from ``llm_path`` when the model is
       constructed) and stores a fingerprint of them instead, checked by ``load_state_dict``.
     """
 
-    def __init__(self, config, special_tokens=(), output_size=None):
+    def __init__(self, config, special_tokens=(), output_size=None, finetune=None):
         super().__init__()
-        finetune = config["finetune"]
+        finetune = finetune or config["finetune"]
         if finetune not in FINETUNE_MODES:
             raise ValueError(f"finetune must be one of {FINETUNE_MODES}, got {finetune!r}.")
         self.use_bf16 = bool(config["llm_bf16"]) and config["device"].type == "cuda"
@@ -248,6 +263,13 @@ class LLMEncoder(nn.Module):
             layer.requires_grad_(False)
         return split
 
+    def prompt_ids(self, text, max_tokens):
+        """BOS + the token ids of ``text``, at most ``max_tokens`` in all; a longer text loses its
+        start (a prompt's instruction is at its end)."""
+        ids = self.tokenize(text)
+        keep = max(max_tokens - len(self.bos), 0)
+        return self.bos + (ids[len(ids) - keep:] if keep else [])
+
     # ----- running the LLM ----------------------------------------------------------------
     def hidden_states(self, ids, lengths, injections=None, lower=None):
         """Last-layer hidden states (after the final norm) of right-padded rows: [N, T, H] float32,
@@ -300,6 +322,24 @@ class LLMEncoder(nn.Module):
             yield decoder
         finally:
             decoder.layers, decoder.norm = layers, norm
+
+    @torch.no_grad()
+    def last_token_states(self, prompts, max_tokens, batch_size, show_progress=True):
+        """Last-layer hidden state at the last token of each prompt (:meth:`prompt_ids`), NaN set to 0:
+        float32 numpy [len(prompts), hidden]. Prompts run in batches of similar length."""
+        rows = [self.prompt_ids(p, max_tokens) for p in prompts]
+        device = next(self.llm.parameters()).device
+        out = np.zeros((len(rows), self.hidden_size), dtype=np.float32)
+        order = np.argsort([len(r) for r in rows], kind="stable")
+        for start in tqdm(range(0, len(rows), batch_size), desc="LLM prompt vectors", unit="batch",
+                          disable=not show_progress):
+            chunk = order[start:start + batch_size]
+            ids, lengths = pad_token_rows([rows[i] for i in chunk], self.pad_id)
+            ids, lengths = ids.to(device), lengths.clamp(min=1).to(device)
+            hidden = self.hidden_states(ids, lengths)  # [b, T, H]
+            read = hidden[torch.arange(len(chunk), device=device), lengths - 1]
+            out[chunk] = torch.nan_to_num(read).cpu().numpy()
+        return out
 
     def embed(self, hidden, positions, *fusion_inputs):
         """Normalised embeddings [N, d] from the hidden states [N, T, H] at ``positions`` [N]; a
