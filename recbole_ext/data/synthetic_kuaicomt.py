@@ -25,8 +25,12 @@ Cross-stream signal (``cross_signal=True``, the default):
   (topic mod 4) with p = 0.8, so the video history predicts which comments the user picks even when
   the comment history is short or empty.
 
-``cross_signal=False`` removes both couplings (topics never follow comments; the preferred style is
-drawn independently of the topics) and keeps everything else, for the ablation.
+``cross_signal=False`` (the ablation) makes each stream carry no signal for the other task and keeps
+the catalogue (videos, comments, texts, like counts) identical: topics never follow comments; the
+preferred style is drawn independently of the topics; and the user comments not on the video just
+watched but on a video drawn (by popularity^0.8) from a second, independent topic preference
+(Dirichlet(0.3)), so the comment history says nothing about the videos the user likes and the video
+history nothing about the comments. The amounts of video and comment events stay as they were.
 
     python -m recbole_ext.data.synthetic_kuaicomt --output=raw/ [--seed=0] [--users=600] [--no_cross_signal]
 """
@@ -126,6 +130,7 @@ def generate(seed=0, n_users=600, n_videos=1500, cross_signal=True, cross_streng
     for u in range(1, n_users + 1):
         theta = rng.dirichlet(np.full(n_topics, 0.3))
         main_topic = int(np.argmax(theta))
+        comment_theta = None if cross_signal else rng.dirichlet(np.full(n_topics, 0.3))
         propensity = rng.beta(2, 5)
         if cross_signal and rng.random() < 0.8:
             preferred_style = main_topic % n_styles
@@ -151,6 +156,10 @@ def generate(seed=0, n_users=600, n_videos=1500, cross_signal=True, cross_streng
             liked = rng.random() < (0.6 if topic == main_topic else 0.3)
             video_rows.append((u, v + 1, time_ms, int(liked), int(rng.random() < 0.5)))
             if rng.random() < propensity:
+                if comment_theta is not None:  # the ablation: a video unrelated to the watched ones
+                    pool = videos_of_topic[int(rng.choice(n_topics, p=comment_theta))]
+                    weight = popularity[pool] ** 0.8
+                    v = int(rng.choice(pool, p=weight / weight.sum())) if len(pool) else v
                 ids = comments_of[v]
                 k = min(len(ids), 1 + min(rng.poisson(0.5), 2))
                 weight = np.sqrt(comment_likes[ids - 1]) * np.exp(2.0 * (comment_style[ids - 1] == preferred_style))
