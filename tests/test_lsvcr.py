@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -12,9 +13,12 @@ from recbole.data import create_dataset, data_preparation
 from recbole.quick_start import run_recbole
 from recbole.utils import get_model, init_seed
 
+from recbole_ext.benchmark import check_labels, load_benchmark, model_and_config
+from recbole_ext.config_check import ConfigValueError, check_config_values
 from recbole_ext.data import kuaicomt, synthetic_kuaicomt
 from recbole_ext.model import lsvcr as lsvcr_module
 from recbole_ext.model.lsvcr import COMMENT, VIDEO, LSVCR, LSVCRConfigError, split_streams
+from recbole_ext.modules.llm import LLMEncoder
 
 DATASET = "lsvcr_syn"
 
@@ -47,6 +51,10 @@ def lsvcr_config(lsvcr_root, tiny_encoder, feature_dir, tmp_path):
         "eval_batch_size": 256,
         "llm_path": "tiny",
         "llm_max_tokens": 128,
+        "llm_max_response_tokens": 8,
+        "lora_r": 4,
+        "lora_alpha": 8,
+        "lora_target_modules": ["q_proj", "v_proj"],
         "gpu_id": "",
         "show_progress": False,
         "seed": 2020,
@@ -203,10 +211,109 @@ def test_like_count_ranker_orders_the_current_videos_comments(lsvcr_config):
         assert (likes[order][:-1] >= likes[order][1:]).all()
 
 
+def _swap_kind(seq, model, kind, generator):
+    """``seq`` with every item of ``kind`` replaced by a random other item of that kind."""
+    pool = torch.nonzero(model.item_kind == kind).flatten()
+    swapped = seq.clone()
+    where = model.item_kind[seq] == kind
+    swapped[where] = pool[torch.randint(len(pool), (int(where.sum()),), generator=generator)]
+    return swapped
+
+
+def test_without_cross_attention_each_task_reads_only_its_own_stream(lsvcr_config):
+    _, plain, _, test_data = _prepare(lsvcr_config, lsvcr_task="joint", use_cross_attention=False)
+    names = [n for n, _ in plain.named_parameters()]
+    assert not any(n.startswith(("video_mix", "comment_mix", "video_fusion", "comment_fusion")) for n in names)
+    _, mixed, _, _ = _prepare(lsvcr_config, lsvcr_task="joint")
+    batch = _batch(test_data)
+    is_comment = batch["behavior"] == plain.comment_token
+    generator = torch.Generator().manual_seed(0)
+    for model in (plain, mixed):
+        model.eval()
+        reference = model.full_sort_predict(batch)
+        changed = {}
+        for kind, rows in ((COMMENT, ~is_comment), (VIDEO, is_comment)):  # the other task's stream
+            tampered = type(batch)({k: v.clone() for k, v in batch.interaction.items()})
+            tampered["item_id_list"] = _swap_kind(batch["item_id_list"], model, kind, generator)
+            # exact: a row's scores are bit-identical unless its inputs reach them (random init: tiny changes)
+            changed[kind] = not torch.equal(model.full_sort_predict(tampered)[rows], reference[rows])
+        assert changed == ({COMMENT: False, VIDEO: False} if model is plain else {COMMENT: True, VIDEO: True})
+    with pytest.raises(ConfigValueError, match="n_mix_layers=0 must be > 0"):
+        _prepare(lsvcr_config, n_mix_layers=0)
+
+
 # ----- stages -------------------------------------------------------------------------------------
-def test_cotrain_is_a_clear_planned_error(lsvcr_config):
-    with pytest.raises(LSVCRConfigError, match="cotrain.*planned"):
-        _prepare(lsvcr_config, lsvcr_stage="align", align_mode="cotrain")
+def test_cotrain_trains_the_lora_llm_on_its_prompts_and_targets(lsvcr_config):
+    config, model, train_data, _ = _prepare(lsvcr_config, lsvcr_task="joint", lsvcr_stage="align",
+                                            align_mode="cotrain", llm_rows_per_batch=6)
+    encoder = model.llm_encoder
+    trainable = {n for n, p in encoder.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n or n == "projection.weight" for n in trainable)
+    assert "projection.weight" in trainable
+    batch = _batch(train_data)
+    rows, llm_user, lm_loss = model._cotrained_llm_user(batch["event_id"])
+    assert rows.sum() == 6 and rows[:6].all()  # the first rows of the (shuffled) batch
+    assert llm_user.shape == (6, config["hidden_size"])
+    torch.testing.assert_close(llm_user.norm(dim=-1), torch.ones(6))
+    assert lm_loss is not None and lm_loss.item() > 0
+    # row 0: the prompt, then the target's text and EOS; only that response is labelled
+    table_row = model.llm_row_of_event[batch["event_id"][0]]
+    ids, length = model.llm_ids[table_row], int(model.llm_lengths[table_row])
+    prompt_length = int(model.llm_prompt_lengths[table_row])
+    response = ids[prompt_length:length].tolist()
+    target_text = encoder.tokenizer.decode(response[:-1])
+    assert response[-1] == encoder.eos_id and 0 < len(response) <= config["llm_max_response_tokens"] + 1
+    item_texts = model._item_texts(config, train_data._dataset)
+    expected = encoder.tokenizer.decode(encoder.tokenize(" " + item_texts[int(batch["item_id"][0])])[:8])
+    assert target_text == expected
+    assert ids[0] == encoder.bos[0] and prompt_length <= config["llm_max_tokens"]
+
+    model.calculate_loss(batch).backward()
+    grads = {n: p.grad for n, p in encoder.named_parameters() if p.requires_grad}
+    assert all(g is not None and g.abs().sum() > 0 for n, g in grads.items() if "lora_B" in n or "projection" in n)
+    assert all(p.grad is None for p in encoder.parameters() if not p.requires_grad)  # the base stays frozen
+    assert model.video_encoder.layer[0].multi_head_attention.query.weight.grad.abs().sum() > 0
+
+
+def test_cotrain_loss_goes_down(lsvcr_config):
+    _, model, train_data, _ = _prepare(lsvcr_config, lsvcr_task="joint", lsvcr_stage="align", align_mode="cotrain",
+                                       hidden_dropout_prob=0.0, attn_dropout_prob=0.0, lora_dropout=0.0)
+    batch = _batch(train_data)[:32]
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=0.01)
+    torch.manual_seed(0)
+    first = model.calculate_loss(batch).item()
+    for _ in range(6):
+        optimizer.zero_grad()
+        model.calculate_loss(batch).backward()
+        optimizer.step()
+    assert model.calculate_loss(batch).item() < 0.9 * first
+
+
+def test_cotrain_stage1_to_stage2_handover(lsvcr_config, tmp_path):
+    stage1 = dict(lsvcr_config, lsvcr_task="joint", lsvcr_stage="align", align_mode="cotrain",
+                  learning_rates={"llm_encoder.": 3e-4})
+    result = run_recbole(model="LSVCR", dataset=DATASET, config_dict=stage1)
+    assert 0 <= result["test_result"]["ndcg@5"] <= 1
+    (checkpoint,) = [os.path.join(stage1["checkpoint_dir"], f) for f in os.listdir(stage1["checkpoint_dir"])]
+    stage1_state = torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"]
+    llm_keys = [k for k in stage1_state if k.startswith("llm_encoder.")]
+    assert any("lora_A" in k for k in llm_keys) and "llm_encoder.projection.weight" in llm_keys
+    assert all("lora_" in k or k.endswith(("projection.weight", "base_fingerprint")) for k in llm_keys)
+
+    stage2 = dict(lsvcr_config, lsvcr_task="comment", align_mode="cotrain", pretrained_core=checkpoint,
+                  checkpoint_dir=str(tmp_path / "saved2"))
+    _, model, _, _ = _prepare(stage2)
+    assert model.loaded_core_missing_keys == ["id_gate", "video_id_embedding.weight"]
+    assert not any("llm" in n for n, _ in model.named_parameters()) and not hasattr(model, "llm_encoder")
+    for name in ("comment_mix.0.attention.in_proj_weight", "comment_head.attention.out_proj.weight",
+                 "text_projection.weight"):
+        torch.testing.assert_close(model.state_dict()[name], stage1_state[name])
+    run_recbole(model="LSVCR", dataset=DATASET, config_dict=stage2)
+    (deployed,) = os.listdir(stage2["checkpoint_dir"])
+    state = torch.load(os.path.join(stage2["checkpoint_dir"], deployed), map_location="cpu", weights_only=False)["state_dict"]
+    assert not any("llm" in k for k in state) and "video_id_embedding.weight" in state
+    with pytest.raises(LSVCRConfigError, match="use_cross_attention"):  # another architecture cannot load it
+        _prepare(stage2, use_cross_attention=False)
 
 
 def test_stage1_to_stage2_handover(lsvcr_config, tmp_path, monkeypatch):
@@ -222,6 +329,7 @@ def test_stage1_to_stage2_handover(lsvcr_config, tmp_path, monkeypatch):
 
     _, aligned, _, _ = _prepare(stage1)  # the same rows again: read from the cache, no LLM call
     assert len(calls) == 1 and aligned.has_llm_user.any()
+    assert not any(isinstance(m, LLMEncoder) for m in aligned.modules())  # the vectors only, no LLM
     stage1_state = torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"]
     assert any(k.startswith("llm_adapter.") for k in stage1_state)
 
@@ -346,3 +454,62 @@ def test_generator_is_deterministic_and_the_ablation_changes_only_the_coupling()
     assert set(first["user_video_inter.csv"].columns) >= set(kuaicomt.REQUIRED_COLUMNS["user_video_inter.csv"])
     words = " ".join(first["comment_features.csv"]["comment_content"]).split()
     assert "hilarious" in words or "amazing" in words  # real words, not hashes
+
+
+def test_no_cross_signal_removes_the_coupling_between_the_streams():
+    """Per user: the topic of most liked videos against that of most commented videos, and the style of
+    most picked comments against the main topic's style, each against a shuffled-user baseline."""
+    style_words = [set(words.split()) for words in synthetic_kuaicomt.STYLES.values()]
+    topics = list(synthetic_kuaicomt.TOPICS)
+
+    def agreements(tables):
+        category = tables["video_features.csv"].set_index("video_id")["category"]
+        text = tables["comment_features.csv"].set_index("comment_id")["comment_content"]
+        liked = tables["user_video_inter.csv"].query("is_like == 1")
+        comments = tables["user_comment_inter.csv"]
+        mode = lambda values: values.mode()[0]  # noqa: E731
+        video_topic = liked.assign(t=liked["video_id"].map(category)).groupby("user_id")["t"].agg(mode)
+        comment_topic = comments.assign(t=comments["photo_id"].map(category)).groupby("user_id")["t"].agg(mode)
+        style = comments["comment_id"].map(text).map(
+            lambda words: int(np.argmax([len(set(words.split()) & vocab) for vocab in style_words])))
+        comment_style = comments.assign(s=style).groupby("user_id")["s"].agg(mode)
+        users = video_topic.index.intersection(comment_topic.index)
+        video_topic = video_topic[users].to_numpy()
+        topic_style = np.array([topics.index(t) % len(style_words) for t in video_topic])
+        rng = np.random.default_rng(0)
+        result = []
+        for a, b in ((video_topic, comment_topic[users].to_numpy()), (topic_style, comment_style[users].to_numpy())):
+            shuffled = np.mean([np.mean(a == b[rng.permutation(len(b))]) for _ in range(20)])
+            result.append(np.mean(a == b) - shuffled)  # agreement above chance
+        return result
+
+    coupled = synthetic_kuaicomt.generate(seed=3, n_users=200, n_videos=500)
+    ablated = synthetic_kuaicomt.generate(seed=3, n_users=200, n_videos=500, cross_signal=False)
+    topic_gain, style_gain = agreements(coupled)
+    assert topic_gain > 0.4 and style_gain > 0.2
+    topic_gain, style_gain = agreements(ablated)
+    assert abs(topic_gain) < 0.07 and abs(style_gain) < 0.1
+    for name in ("user_video_inter.csv", "user_comment_inter.csv"):  # about as many events of each kind
+        assert 0.85 < len(ablated[name]) / len(coupled[name]) < 1.15
+
+
+@pytest.mark.parametrize("name, task, baseline", [
+    ("lsvcr-synthetic", "video", "SASRec"), ("lsvcr-synthetic-comment", "comment", "LikeCountRanker"),
+    ("lsvcr-synthetic-nocross", "video", "SASRec"), ("lsvcr-synthetic-comment-nocross", "comment", "LikeCountRanker"),
+])
+def test_benchmark_configs(name, task, baseline):
+    bench = load_benchmark(name)
+    check_labels(bench, bench["models"])  # every label resolves; every run:<label> comes after its source
+    for label in bench["models"]:
+        model, config = model_and_config(bench, label)
+        check_config_values(config, model)
+        if model == "LSVCR" and config.get("lsvcr_stage") != "align":
+            assert config["lsvcr_task"] == task
+    assert bench["models"][0] == baseline and len(bench["seeds"]) >= 3
+    if "nocross" in name:
+        assert bench["dataset"] == "lsvcr-synthetic-nocross" and bench["models"] == [baseline, "LSVCR"]
+        return
+    assert "LSVCR" in bench["models"] and model_and_config(bench, "LSVCR-nomix")[1]["use_cross_attention"] is False
+    aligned = model_and_config(bench, "LSVCR-aligned")[1]
+    stage1 = model_and_config(bench, aligned["pretrained_core"][len("run:"):])[1]
+    assert stage1["lsvcr_stage"] == "align" and aligned["align_mode"] == stage1["align_mode"] != "none"

@@ -18,10 +18,12 @@ training/evaluation rows whose *target* is of the task's behaviour (``lsvcr_task
 ``comment`` or ``joint``), each with the full interleaved history before it.
 
 Stages: ``lsvcr_stage: align`` is the personalised preference alignment (text only, random sorted
-positions, InfoNCE user -> target text, plus with ``align_mode: precomputed`` the behaviour and
-symmetric user <-> LLM-user losses against frozen LLM user vectors); ``lsvcr_stage: finetune`` loads
-the stage-1 checkpoint (``pretrained_core``), adds the video-ID table and its gate, and trains the
-deployed model (no LLM anywhere in it or in its checkpoint).
+positions, InfoNCE user -> target text, plus the behaviour and symmetric user <-> LLM-user losses
+against LLM user vectors: frozen and computed once with ``align_mode: precomputed``, or from an LLM
+LoRA-tuned jointly with the SR model, with its LM loss on the target text, with ``align_mode:
+cotrain``); ``lsvcr_stage: finetune`` loads the SR part of the stage-1 checkpoint
+(``pretrained_core``), adds the video-ID table and its gate, and trains the deployed model (no LLM
+anywhere in it or in its checkpoint). The LLM is the shared :class:`~recbole_ext.modules.llm.LLMEncoder`.
 """
 
 import hashlib
@@ -35,10 +37,8 @@ import torch
 import torch.nn.functional as F
 from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.model.layers import FeedForward, TransformerEncoder
-from recbole.trainer import Trainer
 from recbole.utils import InputType
 from torch import nn
-from tqdm import tqdm
 
 from recbole_ext.compat import load_recbole_checkpoint
 from recbole_ext.data.interleaved import (
@@ -46,11 +46,14 @@ from recbole_ext.data.interleaved import (
 )
 from recbole_ext.data.text_features import load_item_text_embeddings, read_item_fields
 from recbole_ext.modules.layers import FastDropout, set_dropout_class
+from recbole_ext.modules.llm import IGNORE_INDEX, LLMEncoder, pad_token_rows
+from recbole_ext.trainer import LLMTrainer
 
 STAGES = ("align", "finetune")
 ALIGN_MODES = ("none", "precomputed", "cotrain")
 TOP_COMMENTS = 3
-ALIGN_ONLY_PREFIXES = ("llm_adapter.",)  # stage-1 wrapper parameters; never part of the SR model
+# stage-1 wrapper parameters (the LLM user-vector adapter, the co-trained LLM); never part of the SR model
+ALIGN_ONLY_PREFIXES = ("llm_adapter.", "llm_encoder.")
 
 
 class LSVCRConfigError(ValueError):
@@ -179,27 +182,12 @@ def info_nce(queries, keys, temperature, same=None):
 
 
 def encode_user_prompts(prompts, config):
-    """Last-prompt-token hidden states of a frozen causal LLM: float32 [len(prompts), hidden].
-
-    The one place LSVCR calls an LLM (``llm_path``, loaded by ``recbole_ext.modules.llm``)."""
-    from recbole_ext.modules.llm import load_causal_lm
-
-    llm, tokenizer = load_causal_lm(config)
-    llm.eval()
-    tokenizer.padding_side, tokenizer.truncation_side = "right", "left"  # keep the instruction at the end
-    batch_size = config["llm_batch_size"]
-    out = np.zeros((len(prompts), llm.config.hidden_size), dtype=np.float32)
-    order = np.argsort([len(p) for p in prompts])
-    with torch.no_grad():
-        for start in tqdm(range(0, len(prompts), batch_size), desc="LLM user vectors", unit="batch",
-                          disable=config["show_progress"] is False):
-            rows = order[start:start + batch_size]
-            inputs = tokenizer([prompts[i] for i in rows], padding=True, truncation=True,
-                               max_length=config["llm_max_tokens"], return_tensors="pt")
-            hidden = llm(**inputs, output_hidden_states=True).hidden_states[-1]  # [b, T, H]
-            last = inputs["attention_mask"].sum(dim=1) - 1
-            out[rows] = torch.nan_to_num(hidden[torch.arange(len(rows)), last]).float().numpy()
-    return out
+    """Last-prompt-token hidden states of the frozen LLM ``llm_path`` (the shared
+    :class:`~recbole_ext.modules.llm.LLMEncoder`, on ``config['device']``): float32 [len(prompts), H].
+    The encoder is dropped afterwards: the stage-1 model keeps only the vectors."""
+    encoder = LLMEncoder(config, finetune="frozen").to(config["device"]).eval()
+    return encoder.last_token_states(prompts, config["llm_max_tokens"], config["llm_batch_size"],
+                                     show_progress=config["show_progress"] is not False)
 
 
 class LSVCR(SequentialRecommender):
@@ -210,8 +198,9 @@ class LSVCR(SequentialRecommender):
     ``M([A E(title) ; A E(x)]) + g ID(video) + P[pos]`` with ``x`` a popular comment of the video
     (random among its top 3 by likes in training, the top 1 otherwise) or the mean of the entry's
     comments; comments have no IDs. Each stream has its own 2-layer causal Transformer and one
-    cross-attention layer reading the other stream; ``[S ; Mix]`` is fused by a Linear. The video task
-    pools the fused video stream with additive attention and scores every video by cosine against
+    cross-attention layer reading the other stream; ``[S ; Mix]`` is fused by a Linear
+    (``use_cross_attention: False``, an ablation, leaves out the mix layers and the fusion: each
+    stream then sees only itself). The video task pools the fused video stream with additive attention and scores every video by cosine against
     ``g ID(v) + A E(title)``; the comment task queries the fused comment stream with the current
     video (``g ID(v*) + A E(title)``) and scores that video's comments by cosine against ``A E(text)``.
     Training: full-softmax CE over all videos; CE over the positive and ``neg_comment_num`` comments of
@@ -221,12 +210,21 @@ class LSVCR(SequentialRecommender):
         * Item text vectors are frozen sentence-encoder vectors (default all-MiniLM-L6-v2, 384-d,
           from ``recbole_ext.data.text_features``), not ChatGLM3 mean-pooled states passed through a
           stage-1-trained MLP; ``A`` maps them to ``hidden_size`` directly.
-        * ``align_mode: precomputed`` aligns against a *frozen* LLM's user vectors (default
-          SmolLM2-135M-Instruct, English prompt, template 0, at most ``llm_prompt_items`` entries per
-          history, one vector per training row, cached on disk) instead of co-training ChatGLM3-6B with
-          LoRA and the LM loss; the item text vectors are therefore not co-adapted. ``cotrain`` is planned.
+        * The LLM is SmolLM2-135M-Instruct by default (any local causal LM via ``llm_path``), not
+          ChatGLM3-6B; the prompt is an English paraphrase of the paper's, template 0 only (the code
+          picks one of two history orders at random), at most ``llm_prompt_items`` entries per history.
+        * ``align_mode: precomputed`` aligns against a *frozen* LLM's user vectors (one per training
+          row, cached on disk) instead of co-training the LLM with LoRA and the LM loss.
+        * ``align_mode: cotrain`` (the paper's stage 1) LoRA-tunes the LLM jointly with the SR model
+          (LM loss on the target text + the alignment losses), but the item text vectors stay the
+          frozen sentence-encoder vectors: the LLM does not encode the item texts on the fly (no
+          ``llm_emb_mlp``), so they are not co-adapted. At most ``llm_rows_per_batch`` rows of each
+          batch run through the LLM (the code: 16 prompts per step over 8 GPUs); the SR losses use
+          every row. The LLM user vector's projection has no bias.
         * Stage 1 uses every comment of a comment entry (the code samples at most 3) and no view
           augmentation; the user -> target-text InfoNCE masks in-batch rows with the same target item.
+          Stage 1 trains with RecBole's trainer and batches (``learning_rate`` for every part, or
+          per-part rates via ``learning_rates``), not HF's (3e-4, linear decay, 1 epoch, 128 per update).
         * Comment negatives exclude the target and the comments of the current video in the row's
           history; when fewer than ``neg_comment_num`` remain, the missing slots are masked instead of
           repeated. ``neg_comment_num: -1`` uses every comment of the current video.
@@ -273,6 +271,9 @@ class LSVCR(SequentialRecommender):
         self.group_comments = config["group_comments_by_video"]
         self.exclude_current_video_comments = config["exclude_current_video_comments"]
         self.mask_history_comments = config["mask_history_comments"]
+        self.use_cross_attention = config["use_cross_attention"]
+        self.lm_loss_weight = config["lm_loss_weight"]
+        self.llm_rows_per_batch = config["llm_rows_per_batch"]
         self._check_config(config, dataset)
         self.video_token, self.comment_token = behaviour_tokens(dataset, self.BEHAVIOR)
         self._build_item_tables(config, dataset)
@@ -297,12 +298,13 @@ class LSVCR(SequentialRecommender):
                         self.attn_dropout_prob, self.hidden_act, self.layer_norm_eps)
         self.video_encoder = TransformerEncoder(*encoder_args)
         self.comment_encoder = TransformerEncoder(*encoder_args)
-        mix_args = (d, self.n_heads, self.inner_size, self.hidden_dropout_prob, self.attn_dropout_prob,
-                    self.hidden_act, self.layer_norm_eps)
-        self.video_mix = nn.ModuleList(CrossAttentionBlock(*mix_args) for _ in range(config["n_mix_layers"]))
-        self.comment_mix = nn.ModuleList(CrossAttentionBlock(*mix_args) for _ in range(config["n_mix_layers"]))
-        self.video_fusion = nn.Linear(2 * d, d)
-        self.comment_fusion = nn.Linear(2 * d, d)
+        if self.use_cross_attention:
+            mix_args = (d, self.n_heads, self.inner_size, self.hidden_dropout_prob, self.attn_dropout_prob,
+                        self.hidden_act, self.layer_norm_eps)
+            self.video_mix = nn.ModuleList(CrossAttentionBlock(*mix_args) for _ in range(config["n_mix_layers"]))
+            self.comment_mix = nn.ModuleList(CrossAttentionBlock(*mix_args) for _ in range(config["n_mix_layers"]))
+            self.video_fusion = nn.Linear(2 * d, d)
+            self.comment_fusion = nn.Linear(2 * d, d)
         self.video_pooling = AttentionPooling(d, self.hidden_dropout_prob, self.layer_norm_eps)
         self.comment_head = TargetAttention(d, self.n_heads, self.hidden_dropout_prob, self.layer_norm_eps)
         if self.stage == "align" and self.align_mode == "precomputed":
@@ -310,21 +312,19 @@ class LSVCR(SequentialRecommender):
         self.apply(self._init_weights)
         # the comment stream's encoder and mix layers start as copies of the video stream's
         self.comment_encoder.load_state_dict(self.video_encoder.state_dict())
-        self.comment_mix.load_state_dict(self.video_mix.state_dict())
+        if self.use_cross_attention:
+            self.comment_mix.load_state_dict(self.video_mix.state_dict())
         if config["pretrained_core"]:
             self._load_pretrained_core(config["pretrained_core"])
         set_dropout_class(self, FastDropout)
+        if self.stage == "align" and self.align_mode == "cotrain":  # last: keeps its own init and dropout
+            self._attach_cotrained_llm(config, dataset)
 
     def _check_config(self, config, dataset):
         choices = {"lsvcr_task": TASKS, "lsvcr_stage": STAGES, "align_mode": ALIGN_MODES}
         for key, allowed in choices.items():
             if config[key] not in allowed:
                 raise LSVCRConfigError(f"{key} must be one of {allowed}, got {config[key]!r}.")
-        if self.align_mode == "cotrain":
-            raise LSVCRConfigError(
-                "align_mode 'cotrain' (co-training the LLM with LoRA, the paper's stage 1) is planned but not "
-                "implemented yet; use 'precomputed' (frozen LLM user vectors) or 'none'."
-            )
         if not isinstance(dataset, TaskRowsDataset):
             raise LSVCRConfigError(
                 f"LSVCR needs an LSVCRDataset, got {type(dataset).__name__}: build the data with "
@@ -384,15 +384,19 @@ class LSVCR(SequentialRecommender):
                 state[name] = torch.cat([table, extra])
         missing, unexpected = self.load_state_dict(state, strict=False)
         if unexpected:
-            raise LSVCRConfigError(f"pretrained_core '{path}' holds weights LSVCR does not have: {unexpected[:5]}.")
+            raise LSVCRConfigError(
+                f"pretrained_core '{path}' holds weights this LSVCR does not have: {unexpected[:5]}; build stage 2 "
+                "with the stage-1 architecture settings (hidden_size, n_layers, n_mix_layers, use_cross_attention)."
+            )
         self.loaded_core_missing_keys = sorted(missing)
         self.logger.info(f"Loaded the stage-1 SR model from {path}; new parameters: {self.loaded_core_missing_keys}")
 
     # ----- precomputed LLM user vectors (stage 1) ------------------------------------------------
     def _attach_llm_user_vectors(self, config, dataset):
         """Encode every training row's prompt once with a frozen LLM (cached on disk)."""
-        keys, prompts = self._user_prompts(config, dataset)
-        digest = hashlib.sha1(json.dumps([config["llm_path"], config["llm_max_tokens"], keys, prompts]).encode()).hexdigest()
+        keys, prompts, _ = self._user_prompts(config, dataset)
+        llm = [config["llm_path"], config["llm_gguf_file"], dict(config["tiny_llm"] or {}), config["llm_max_tokens"]]
+        digest = hashlib.sha1(json.dumps([llm, "last_token_states", keys, prompts]).encode()).hexdigest()
         cache_dir = config["llm_cache_dir"] or os.path.join(config["checkpoint_dir"], "lsvcr_llm")
         path = os.path.join(cache_dir, f"{config['dataset']}-{digest[:16]}.npy")
         if os.path.isfile(path):
@@ -413,8 +417,8 @@ class LSVCR(SequentialRecommender):
         self.register_buffer("has_llm_user", has, persistent=False)
         self.llm_adapter = nn.Linear(vectors.shape[1], self.hidden_size)  # W_h: LLM user -> SR space
 
-    def _user_prompts(self, config, dataset):
-        """(event ids, prompts) of the training rows (all, or ``llm_max_rows`` drawn with the seed)."""
+    def _item_texts(self, config, dataset):
+        """The text of every internal item id (``text_fields`` joined; '' for PAD)."""
         item_file = os.path.join(config["data_path"], f"{config['dataset']}.item")
         fields = list(config["text_fields"])
         frame = read_item_fields(item_file, self.ITEM_ID, fields, config["field_separator"])
@@ -424,10 +428,16 @@ class LSVCR(SequentialRecommender):
         for token, text in zip(frame[self.ITEM_ID], joined):
             if token in token_id:
                 texts[token_id[token]] = text
+        return texts
+
+    def _user_prompts(self, config, dataset, texts=None):
+        """(event ids, prompts, target items) of the training rows: all, or ``llm_max_rows`` evenly spaced
+        over the (user, time)-ordered rows (the same rows whatever the seed, so runs share one cache)."""
+        texts = texts or self._item_texts(config, dataset)
         inter = dataset.inter_feat
         rows = np.arange(len(inter))
         if config["llm_max_rows"] is not None and config["llm_max_rows"] < len(rows):
-            rows = np.sort(np.random.default_rng(config["seed"]).choice(rows, config["llm_max_rows"], replace=False))
+            rows = np.unique(np.linspace(0, len(rows) - 1, config["llm_max_rows"]).round().astype(np.int64))
         rows = torch.as_tensor(rows)
         sequences = inter[self.ITEM_SEQ][rows]
         is_comment = (inter[self.BEHAVIOR][rows] == self.comment_token)
@@ -439,7 +449,47 @@ class LSVCR(SequentialRecommender):
             self._prompt(streams, b, texts, int(current[b]) if is_comment[b] else None)
             for b in range(len(rows))
         ]
-        return inter[self.EVENT][rows].tolist(), prompts
+        return inter[self.EVENT][rows].tolist(), prompts, inter[self.ITEM_ID][rows].tolist()
+
+    # ----- the co-trained LLM (stage 1, align_mode cotrain) ----------------------------------------
+    def _attach_cotrained_llm(self, config, dataset):
+        """The LLM (``finetune``: LoRA by default) and, per training row, its token ids: the prompt
+        (its start cut to ``llm_max_tokens``), then the response (the target's text, at most
+        ``llm_max_response_tokens``, plus EOS) that the LM loss learns."""
+        self.llm_encoder = LLMEncoder(config, output_size=self.hidden_size)
+        texts = self._item_texts(config, dataset)
+        keys, prompts, targets = self._user_prompts(config, dataset, texts)
+        rows, prompt_lengths = [], []
+        for prompt, target in zip(prompts, targets):
+            prompt_ids = self.llm_encoder.prompt_ids(prompt, config["llm_max_tokens"])
+            response = self.llm_encoder.tokenize(" " + texts[target])[: config["llm_max_response_tokens"]]
+            rows.append(prompt_ids + response + [self.llm_encoder.eos_id])
+            prompt_lengths.append(len(prompt_ids))
+        ids, lengths = pad_token_rows(rows, self.llm_encoder.pad_id)
+        row_of_event = torch.full((len(dataset.field2id_token[self.EVENT]),), -1, dtype=torch.long)
+        row_of_event[torch.as_tensor(keys, dtype=torch.long)] = torch.arange(len(keys))
+        self.register_buffer("llm_row_of_event", row_of_event, persistent=False)
+        self.register_buffer("llm_ids", ids, persistent=False)  # [R, T]: prompt + response + EOS
+        self.register_buffer("llm_lengths", lengths, persistent=False)
+        self.register_buffer("llm_prompt_lengths", torch.tensor(prompt_lengths), persistent=False)
+        self.logger.info(f"Co-trained LLM: {len(keys)} training rows tokenised (longest {ids.size(1)} tokens).")
+
+    def _cotrained_llm_user(self, events):
+        """(rows [B] that ran through the LLM, their normalised LLM user vectors [n, d], LM loss or None).
+        The user vector is the last prompt token's state; the LM loss covers the response tokens."""
+        table_rows = self.llm_row_of_event[events]
+        rows = table_rows >= 0
+        if self.llm_rows_per_batch is not None:
+            rows &= rows.cumsum(0) <= self.llm_rows_per_batch  # batches are shuffled: a random subset
+        if not rows.any():
+            return rows, None, None
+        picked = table_rows[rows]
+        lengths, prompt_lengths = self.llm_lengths[picked], self.llm_prompt_lengths[picked]
+        hidden = self.llm_encoder.hidden_states(self.llm_ids[picked], lengths)  # [n, T, H]
+        slots = torch.arange(hidden.size(1), device=hidden.device)
+        labels = self.llm_ids[picked, : hidden.size(1)].masked_fill(
+            (slots < prompt_lengths.unsqueeze(1)) | (slots >= lengths.unsqueeze(1)), IGNORE_INDEX)
+        return rows, self.llm_encoder.embed(hidden, prompt_lengths - 1), self.llm_encoder.lm_loss(hidden, labels)
 
     def _prompt(self, streams, b, texts, current_video):
         """The paper's prompt (English paraphrase, template 0): both histories, then the task."""
@@ -526,13 +576,16 @@ class LSVCR(SequentialRecommender):
             self.comment_input_norm, self.empty_comment)
         video_hidden = self.video_encoder(video_in, self.get_attention_mask(video_valid.long()))[-1]
         comment_hidden = self.comment_encoder(comment_in, self.get_attention_mask(comment_valid.long()))[-1]
+        parts = (streams, video_text, comment_text)
+        if not self.use_cross_attention:
+            return video_hidden, video_valid, comment_hidden, comment_valid, parts
         video_mixed, comment_mixed = video_hidden, comment_hidden
         for video_layer, comment_layer in zip(self.video_mix, self.comment_mix):
             video_mixed, comment_mixed = (video_layer(video_mixed, comment_mixed, comment_valid),
                                           comment_layer(comment_mixed, video_mixed, video_valid))
         fused_video = self.video_fusion(torch.cat([video_hidden, video_mixed], dim=-1))
         fused_comment = self.comment_fusion(torch.cat([comment_hidden, comment_mixed], dim=-1))
-        return fused_video, video_valid, fused_comment, comment_valid, (streams, video_text, comment_text)
+        return fused_video, video_valid, fused_comment, comment_valid, parts
 
     def _rows(self, interaction):
         """(history [B, L], comment-row mask [B], current video [B]; 0 on video rows)."""
@@ -611,8 +664,9 @@ class LSVCR(SequentialRecommender):
         return loss
 
     def _align_loss(self, interaction):
-        """Stage 1: InfoNCE(user -> target text), plus the behaviour and user <-> LLM losses."""
-        with_llm = self.align_mode == "precomputed"
+        """Stage 1: InfoNCE(user -> target text), plus the behaviour and user <-> LLM losses (and the
+        LLM's LM loss under ``cotrain``)."""
+        with_llm = self.align_mode != "none"
         if with_llm:
             user, other, is_comment, _ = self._user_vectors(interaction, auxiliary=True)
         else:
@@ -622,10 +676,16 @@ class LSVCR(SequentialRecommender):
         loss = self.rec_loss_weight * info_nce(user, targets, self.temperature, target.unsqueeze(0) == target.unsqueeze(1))
         if not with_llm:
             return loss
-        rows = self.has_llm_user[interaction[self.EVENT]]
+        events = interaction[self.EVENT]
+        if self.align_mode == "cotrain":
+            rows, llm, lm_loss = self._cotrained_llm_user(events)
+            if lm_loss is not None:
+                loss = loss + self.lm_loss_weight * lm_loss
+        else:
+            rows = self.has_llm_user[events]
+            llm = F.normalize(self.llm_adapter(self.llm_user[events[rows]]), dim=-1)
         if rows.sum() < 2:
             return loss
-        llm = F.normalize(self.llm_adapter(self.llm_user[interaction[self.EVENT][rows]]), dim=-1)
         user, other = user[rows], other[rows]
         behaviour = torch.stack([(llm * user).sum(-1), (llm * other).sum(-1)], dim=1) / self.temperature
         behaviour_loss = F.cross_entropy(behaviour, torch.zeros(len(llm), dtype=torch.long, device=llm.device))
@@ -665,9 +725,11 @@ class LSVCR(SequentialRecommender):
         return scores
 
 
-class LSVCRTrainer(Trainer):
-    """RecBole's Trainer; with ``lsvcr_task: joint`` evaluation also reports each task on its own rows
-    (keys ``video/<metric>`` and ``comment/<metric>``) next to the metrics over all rows."""
+class LSVCRTrainer(LLMTrainer):
+    """RecBole's Trainer with the shared LLM trainer's parameter groups (``learning_rates``, e.g. the
+    co-trained LLM's LoRA at its own rate), schedule and batch budget; with ``lsvcr_task: joint``
+    evaluation also reports each task on its own rows (keys ``video/<metric>`` and ``comment/<metric>``)
+    next to the metrics over all rows."""
 
     def evaluate(self, eval_data, load_best_model=True, model_file=None, show_progress=False):
         from recbole.data.dataloader import FullSortEvalDataLoader
