@@ -200,9 +200,10 @@ class LSVCR(SequentialRecommender):
     comments; comments have no IDs. Each stream has its own 2-layer causal Transformer and one
     cross-attention layer reading the other stream; ``[S ; Mix]`` is fused by a Linear
     (``use_cross_attention: False``, an ablation, leaves out the mix layers and the fusion: each
-    stream then sees only itself). The video task pools the fused video stream with additive attention and scores every video by cosine against
-    ``g ID(v) + A E(title)``; the comment task queries the fused comment stream with the current
-    video (``g ID(v*) + A E(title)``) and scores that video's comments by cosine against ``A E(text)``.
+    stream then sees only itself). The video task pools the fused video stream with additive
+    attention and scores every video by cosine against ``g ID(v) + A E(title)``; the comment task
+    queries the fused comment stream with the current video (``g ID(v*) + A E(title)``) and scores
+    that video's comments by cosine against ``A E(text)``.
     Training: full-softmax CE over all videos; CE over the positive and ``neg_comment_num`` comments of
     the same video; plus ``id_text_loss_weight`` times an ID <-> text InfoNCE over the history entries.
 
