@@ -31,7 +31,7 @@ def variant_overrides(label):
     match = VARIANT.match(label)
     if match is None:
         raise ValueError(f"unknown variant {label!r}: use full, lora or top<k>, then optional -b<B> and -t<T>.")
-    overrides = {"finetune": "lora"} if match.group(1) == "lora" else {"finetune": "full"}
+    overrides = {"finetune": "lora" if match.group(1) == "lora" else "full", "train_top_layers": None}
     if match.group(2):
         overrides["train_top_layers"] = int(match.group(2))
     for flag, value in re.findall(r"-([bt])(\d+)", match.group(3)):
