@@ -112,18 +112,14 @@ def main():
     command = " ".join(["python benchmarks/notellm_train_speed.py", *sys.argv[1:]])
 
     import recbole_ext  # noqa: F401  (compat layer + registration)
-    from recbole_ext.benchmark import load_benchmark, publish
+    from recbole_ext.benchmark import load_benchmark, save_summary
 
     bench = load_benchmark("notellm-ml-100k")
     sys.argv = [sys.argv[0], *overrides]  # RecBole's Config reads --key=value itself
     rows = [time_variant(label, bench, args.steps) for label in args.variants.split(",")]
     text = table(rows, command)
     print(text)
-    os.makedirs(args.output_dir, exist_ok=True)
-    with open(os.path.join(args.output_dir, "summary.md"), "w", encoding="utf-8") as f:
-        f.write(text)
-    if args.publish:
-        print(f"Published to {publish(args.output_dir, 'notellm-train-speed')}")
+    save_summary(args.output_dir, text, "notellm-train-speed" if args.publish else None)
 
 
 if __name__ == "__main__":

@@ -74,7 +74,7 @@ def main():
     command = " ".join(["python benchmarks/tedrec_text_probe.py", *sys.argv[1:]])
 
     import recbole_ext  # noqa: F401  (compat layer + registration)
-    from recbole_ext.benchmark import RECORD_FILE, publish
+    from recbole_ext.benchmark import RECORD_FILE, save_summary
 
     by_label = {}
     for label in args.models.split(","):
@@ -88,11 +88,7 @@ def main():
         raise SystemExit(f"No finished run of {args.models} in {args.runs}/runs/.")
     text = summary(by_label, command)
     print(text)
-    os.makedirs(args.output_dir, exist_ok=True)
-    with open(os.path.join(args.output_dir, "summary.md"), "w", encoding="utf-8") as f:
-        f.write(text)
-    if args.publish:
-        print(f"Published to {publish(args.output_dir, args.publish)}")
+    save_summary(args.output_dir, text, args.publish)
 
 
 if __name__ == "__main__":

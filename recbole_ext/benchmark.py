@@ -547,6 +547,16 @@ def publish_name(bench, dataset=None):
     return bench["name"] if dataset in (None, bench["dataset"]) else f"{bench['name']}-{dataset}"
 
 
+def save_summary(output_dir, text, name=None):
+    """Write a script's ``summary.md`` into ``output_dir`` and, with a ``name``, publish it (speed and
+    probe scripts share the harness's output convention)."""
+    os.makedirs(output_dir, exist_ok=True)
+    with open(os.path.join(output_dir, "summary.md"), "w", encoding="utf-8") as f:
+        f.write(text)
+    if name:
+        print(f"Published to {publish(output_dir, name)}")
+
+
 def publish(output_dir, name, publish_dir=os.path.join("docs", "results")):
     """Copy ``<output_dir>/summary.md`` below the marker of ``<publish_dir>/<name>.md`` and its PNGs
     beside it as ``<name>-<file>.png``; the part above the marker is kept. Returns the document's path.
