@@ -45,6 +45,7 @@ from recbole_ext.data.interleaved import (
     COMMENT, TASKS, VIDEO, TaskRowsDataset, behaviour_tokens, item_tables,
 )
 from recbole_ext.data.text_features import load_item_text_embeddings, read_item_fields
+from recbole_ext.modules.contrastive import info_nce
 from recbole_ext.modules.layers import FastDropout, set_dropout_class
 from recbole_ext.modules.llm import IGNORE_INDEX, LLMEncoder, pad_token_rows
 from recbole_ext.trainer import LLMTrainer
@@ -170,15 +171,6 @@ class TargetAttention(nn.Module):
     def forward(self, query, hidden, valid):
         attended, _ = self.attention(query.unsqueeze(1), hidden, hidden, key_padding_mask=~valid, need_weights=False)
         return self.layer_norm(self.dropout(attended.squeeze(1)) + query)
-
-
-def info_nce(queries, keys, temperature, same=None):
-    """One-way in-batch InfoNCE ``x_i -> y_i`` over normalised vectors; ``same[i, j]`` masks false negatives."""
-    logits = queries @ keys.t() / temperature  # [B, B]
-    if same is not None:
-        eye = torch.eye(len(queries), dtype=torch.bool, device=queries.device)
-        logits = logits.masked_fill(same & ~eye, -1e6)
-    return F.cross_entropy(logits, torch.arange(len(queries), device=queries.device))
 
 
 def encode_user_prompts(prompts, config):
@@ -674,7 +666,7 @@ class LSVCR(SequentialRecommender):
             user, is_comment, _, _ = self._user_vectors(interaction)
         target = interaction[self.POS_ITEM_ID]
         targets = F.normalize(self._text(target), dim=-1)
-        loss = self.rec_loss_weight * info_nce(user, targets, self.temperature, target.unsqueeze(0) == target.unsqueeze(1))
+        loss = self.rec_loss_weight * info_nce(user, targets, 1 / self.temperature, key_ids=target)
         if not with_llm:
             return loss
         events = interaction[self.EVENT]
@@ -690,7 +682,7 @@ class LSVCR(SequentialRecommender):
         user, other = user[rows], other[rows]
         behaviour = torch.stack([(llm * user).sum(-1), (llm * other).sum(-1)], dim=1) / self.temperature
         behaviour_loss = F.cross_entropy(behaviour, torch.zeros(len(llm), dtype=torch.long, device=llm.device))
-        align_loss = 0.5 * info_nce(user, llm, self.temperature) + 0.5 * info_nce(llm, user, self.temperature)
+        align_loss = info_nce(user, llm, 1 / self.temperature, symmetric=True)
         return loss + self.contrast_loss_weight * (behaviour_loss + align_loss)
 
     # ----- prediction ----------------------------------------------------------------------------

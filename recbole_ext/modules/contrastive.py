@@ -1,7 +1,7 @@
 """In-batch InfoNCE between paired query and key sets, and its logit scale.
 
-Used by NoteLLM, NoteLLM2 and FrozenTextI2I (the symmetric 2B loss over pairs of related items), and
-meant for the planned LSVCR (one-way user -> target text, symmetric SR user <-> LLM user).
+Used by NoteLLM, NoteLLM2 and FrozenTextI2I (the symmetric 2B loss over pairs of related items) and by
+LSVCR (one-way user -> target text, symmetric SR user <-> LLM user, at a fixed ``1 / temperature``).
 """
 
 import torch
@@ -47,16 +47,11 @@ def symmetric_info_nce(embeddings, item_ids, logit_scale):
 
 class LogitScale(nn.Module):
     """``exp(tau)`` with a learnable ``tau`` (NoteLLM: starts at 3, about 20), clamped at ``max_scale``
-    (a raw parameter drifts at RecBole learning rates), or a fixed ``1 / temperature`` when
-    ``learnable`` is False (LSVCR's tau = 0.07)."""
+    (a raw parameter drifts at RecBole learning rates)."""
 
-    def __init__(self, init_log_scale, max_scale=float("inf"), learnable=True):
+    def __init__(self, init_log_scale, max_scale=float("inf")):
         super().__init__()
-        tau = torch.tensor(float(init_log_scale))
-        if learnable:
-            self.tau = nn.Parameter(tau)
-        else:
-            self.register_buffer("tau", tau)
+        self.tau = nn.Parameter(torch.tensor(float(init_log_scale)))
         self.max_scale = max_scale
 
     def forward(self):
