@@ -59,7 +59,7 @@ from recbole_ext.data.pairs import PairSource
 from recbole_ext.data.notes import read_notes
 from recbole_ext.modules.contrastive import LogitScale, symmetric_info_nce
 from recbole_ext.modules.i2i import ItemToItemServing
-from recbole_ext.modules.llm import IGNORE_INDEX, LLMEncoder, LowerLayerCache, position_before
+from recbole_ext.modules.llm import IGNORE_INDEX, LLMEncoder, LowerLayerCache, pad_token_rows, position_before
 from recbole_ext.modules.prompts import PromptTemplate
 from recbole_ext.trainer import LLMTrainer
 
@@ -148,16 +148,13 @@ class NoteLLM(ItemToItemServing, SequentialRecommender):
         ids = prefix + [self.emb_token_id] + guidance + output
         return ids, [IGNORE_INDEX] * (len(ids) - len(output)) + output
 
-    def _register_table(self, name, rows, width=None):
-        width = max(width or max(len(ids) for ids, _ in rows), 1)
-        ids = torch.full((len(rows), width), self.encoder.pad_id, dtype=torch.long)
-        labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
-        for i, (row_ids, row_labels) in enumerate(rows):
-            ids[i, : len(row_ids)] = torch.tensor(row_ids, dtype=torch.long)
-            labels[i, : len(row_labels)] = torch.tensor(row_labels, dtype=torch.long)
+    def _register_table(self, name, rows, width):
+        """Buffers ``<name>_ids``, ``<name>_labels`` [len(rows), width] and ``<name>_lengths`` of (ids, labels) rows."""
+        ids, lengths = pad_token_rows([row_ids for row_ids, _ in rows], self.encoder.pad_id, width)
+        labels, _ = pad_token_rows([row_labels for _, row_labels in rows], IGNORE_INDEX, width)
         self.register_buffer(f"{name}_ids", ids, persistent=False)
         self.register_buffer(f"{name}_labels", labels, persistent=False)
-        self.register_buffer(f"{name}_lengths", torch.tensor([len(r[0]) for r in rows]), persistent=False)
+        self.register_buffer(f"{name}_lengths", lengths, persistent=False)
 
     @property
     def prompt_ids(self):

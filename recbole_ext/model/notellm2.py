@@ -62,7 +62,7 @@ from recbole_ext.data.pairs import PairSource
 from recbole_ext.modules.connector import QFormerConnector
 from recbole_ext.modules.contrastive import LogitScale, symmetric_info_nce
 from recbole_ext.modules.i2i import ItemToItemServing
-from recbole_ext.modules.llm import LLMEncoder, expand_placeholder, position_before
+from recbole_ext.modules.llm import LLMEncoder, expand_placeholder, pad_token_rows, position_before
 from recbole_ext.modules.prompts import PromptTemplate
 from recbole_ext.trainer import LLMTrainer
 
@@ -189,10 +189,7 @@ class NoteLLM2(ItemToItemServing, SequentialRecommender):
             if self.use_images:
                 ids = expand_placeholder(ids, self.image_token_id, self.n_query_tokens)
             rows.append(ids)
-        lengths = torch.tensor([len(r) for r in rows])
-        ids = torch.full((len(rows), max(1, int(lengths.max()))), self.encoder.pad_id, dtype=torch.long)
-        for i, row in enumerate(rows):
-            ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+        ids, lengths = pad_token_rows(rows, self.encoder.pad_id)
         self.register_buffer("prompt_ids", ids, persistent=False)
         self.register_buffer("prompt_lengths", lengths, persistent=False)
         if self.micl:
