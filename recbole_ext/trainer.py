@@ -54,7 +54,8 @@ class LLMTrainer(BudgetTrainer):
       at 1e-5). Frozen parameters are left out of the optimizer.
     * ``lr_scheduler: linear_warmup``: the rate rises linearly over the first ``warmup_ratio`` of all
       training steps, then decays linearly to 0 at the last (``transformers``' schedule), stepped
-      after every optimizer step; ``constant`` keeps RecBole's fixed rate.
+      after every optimizer step, and picked up where it was when training resumes at a later epoch;
+      ``constant`` keeps RecBole's fixed rate.
 
     Used by NoteLLM and NoteLLM2.
     """
@@ -96,8 +97,12 @@ class LLMTrainer(BudgetTrainer):
         if self.lr_scheduler == "linear_warmup":
             from transformers import get_linear_schedule_with_warmup
 
-            total = max(1, (self.epochs - self.start_epoch) * self._batches_per_epoch(train_data))
-            schedule = get_linear_schedule_with_warmup(self.optimizer, int(self.warmup_ratio * total), total)
+            total = max(1, self.epochs * self._batches_per_epoch(train_data))
+            done = self.start_epoch * self._batches_per_epoch(train_data)  # steps taken before a resume
+            for group in self.optimizer.param_groups:  # a resumed optimizer keeps the first run's initial_lr
+                group.setdefault("initial_lr", group["lr"])
+            schedule = get_linear_schedule_with_warmup(self.optimizer, int(self.warmup_ratio * total), total,
+                                                       last_epoch=done - 1)
             if self._schedule_hook is not None:
                 self._schedule_hook.remove()
             self._schedule_hook = self.optimizer.register_step_post_hook(lambda *_: schedule.step())

@@ -2,8 +2,10 @@
 
 import json
 import os
+import sys
 
 import pytest
+import torch
 import yaml
 
 from recbole_ext.benchmark import (
@@ -259,3 +261,71 @@ def test_run_references_pass_an_earlier_runs_checkpoint_of_the_same_seed(tmp_pat
     assert records[-1]["status"] == "failed" and "run Stage1 first" in records[-1]["error"]
     with pytest.raises(BenchmarkConfigError, match="must be listed before it"):
         main([f"--benchmark={bench_file}", "--models=Stage2,Stage1", f"--output_dir={tmp_path / 'out2'}"])
+
+
+class _Killed(Exception):
+    """Stands for the worker being killed right after it saved its progress."""
+
+
+RESUMED_MODELS = {  # dropout and a warm-up schedule: the resumed run must draw and step as the straight one
+    "SASRec": ("tiny_config", {"loss_type": "CE", "train_neg_sample_args": None, "hidden_dropout_prob": 0.5}),
+    "NoteLLM": ("note_config", {"lr_scheduler": "linear_warmup", "warmup_ratio": 0.5, "train_batches_per_epoch": 2}),
+}
+
+
+@pytest.mark.parametrize("model, killed_after", [("SASRec", 0), ("SASRec", 2), ("NoteLLM", 1)])  # 2: only the test left
+def test_an_interrupted_run_resumes_and_ends_as_the_uninterrupted_one(request, tmp_path, monkeypatch, model, killed_after):
+    import recbole_ext.benchmark as benchmark
+
+    monkeypatch.setattr(sys, "argv", list(sys.argv))  # run_single sets it for RecBole's Config
+    fixture, model_config = RESUMED_MODELS[model]
+    config = {k: v for k, v in request.getfixturevalue(fixture).items() if k not in ("seed", "checkpoint_dir", "state")}
+    config.update(model_config, epochs=3, stopping_step=10, seed=1)
+
+    def run_dir(name):
+        folder = tmp_path / name
+        folder.mkdir()
+        spec = {"label": model, "model": model, "dataset": "tiny", "config": config, "overrides": [],
+                "extra_test_modes": [], "command": name}
+        (folder / "spec.json").write_text(json.dumps(spec))
+        monkeypatch.chdir(folder)  # checkpoints go to ./saved, as in the worker subprocess
+        return folder
+
+    straight = benchmark.run_single(str(run_dir("straight") / "spec.json"))
+    save_progress = benchmark._save_progress
+
+    def save_then_die(path, spec, epoch, *args):
+        save_progress(path, spec, epoch, *args)
+        if epoch == killed_after:
+            raise _Killed
+
+    folder = run_dir("interrupted")
+    monkeypatch.setattr(benchmark, "_save_progress", save_then_die)
+    with pytest.raises(_Killed):
+        benchmark.run_single(str(folder / "spec.json"))
+    assert (folder / benchmark.RESUME_FILE).is_file() and not (folder / benchmark.RECORD_FILE).exists()
+    monkeypatch.setattr(benchmark, "_save_progress", save_progress)
+    resumed = benchmark.run_single(str(folder / "spec.json"))
+
+    assert resumed["resumed_after_epochs"] == [killed_after] and "resumed_after_epochs" not in straight
+    assert resumed["test"] == straight["test"] and resumed["valid"] == straight["valid"]
+    assert resumed["curve"] == straight["curve"] and len(resumed["curve"]) == 3
+    assert (resumed["epochs"], resumed["best_epoch"]) == (straight["epochs"], straight["best_epoch"])
+    assert os.path.dirname(resumed["checkpoint"]) == str(folder / "saved")
+    assert not (folder / benchmark.RESUME_FILE).exists()  # dropped once the record is written
+
+
+def test_a_resume_file_of_another_spec_is_ignored(tiny_config, tmp_path, monkeypatch):
+    import recbole_ext.benchmark as benchmark
+
+    monkeypatch.setattr(sys, "argv", list(sys.argv))
+    monkeypatch.chdir(tmp_path)
+    config = {k: v for k, v in tiny_config.items() if k not in ("seed", "checkpoint_dir", "state")}
+    config.update(epochs=1, loss_type="CE", train_neg_sample_args=None, seed=1)
+    spec = {"label": "SASRec", "model": "SASRec", "dataset": "tiny", "config": config, "overrides": [],
+            "extra_test_modes": [], "command": "x"}
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    torch.save({"spec": dict(spec, overrides=["--epochs=5"])}, tmp_path / benchmark.RESUME_FILE)
+    record = benchmark.run_single(str(tmp_path / "spec.json"))
+    assert record["epochs"] == 1 and "resumed_after_epochs" not in record
+    assert not (tmp_path / benchmark.RESUME_FILE).exists()

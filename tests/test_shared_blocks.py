@@ -133,6 +133,14 @@ def test_linear_warmup_then_decay_is_stepped_per_batch(note_config):
     expected = [0.0, 0.5] + [(8 - step) / 6 for step in range(2, 8)]
     assert seen == pytest.approx([0.001 * r for r in expected])
 
+    # resumed at epoch 1 from a saved optimizer (whose lr is the last scheduled one), the schedule goes on
+    resumed, train, _ = _note_trainer(note_config, lr_scheduler="linear_warmup", warmup_ratio=0.25)
+    resumed.optimizer.load_state_dict(trainer.optimizer.state_dict())
+    resumed.start_epoch, seen[:] = 1, []
+    resumed.optimizer.register_step_pre_hook(lambda optimizer, *_: seen.append(optimizer.param_groups[0]["lr"]))
+    resumed.fit(train, saved=False)
+    assert seen == pytest.approx([0.001 * r for r in expected[4:]])
+
 
 def _free_port():
     with socket.socket() as s:
