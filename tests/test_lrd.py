@@ -421,7 +421,8 @@ def test_bad_configuration_gets_a_clear_error(lrd_config, overrides, error, mess
         _build(lrd_config, **overrides)
 
 
-def test_official_plateau_stopping_rule(lrd_config):
+def test_official_plateau_stopping_rule(lrd_config, tmp_path):
+    from recbole_ext.benchmark import _restore_progress, _save_progress
     from recbole_ext.model.lrd import LRDTrainer, plateaued
 
     rising = [0.1 + 0.01 * i for i in range(21)]
@@ -430,9 +431,15 @@ def test_official_plateau_stopping_rule(lrd_config):
     assert not plateaued(rising[:15] + [0.3, 0.3, 0.29, 0.2, 0.2], 5)  # only after 20 evaluations
     assert not plateaued(rising + [0.3, 0.2, 0.1, 0.0, 0.0], 0)  # 0 = off
 
-    config, _, model, _, valid = _build(lrd_config)
+    config, _, model, train, valid = _build(lrd_config)
     trainer = get_trainer(config["MODEL_TYPE"], "LRD")(config, model)
     assert isinstance(trainer, LRDTrainer) and trainer.stopping_plateau == 5
+    # a benchmark run resumed mid-way keeps the scores the rule reads
+    trainer.valid_scores = rising[:3]
+    _save_progress(str(tmp_path / "resume.pth"), {}, 2, trainer, train, {"resumed_after": []})
+    resumed = get_trainer(config["MODEL_TYPE"], "LRD")(config, model)
+    _restore_progress(torch.load(tmp_path / "resume.pth", weights_only=False), resumed, train)
+    assert resumed.valid_scores == rising[:3] and resumed.start_epoch == 3
     trainer.valid_scores = rising + [0.35, 0.34, 0.33, 0.32]
     trainer.best_valid_score, trainer.cur_step = 0.36, 4
     score, _ = trainer._valid_epoch(valid)

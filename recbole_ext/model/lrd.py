@@ -491,6 +491,8 @@ class LRDTrainer(Trainer):
     """RecBole's Trainer plus the official stopping rule ``plateaued`` (``stopping_plateau``), beside
     RecBole's ``stopping_step`` (the official code's other rule: over 20 epochs since the best)."""
 
+    resume_attributes = ("valid_scores",)  # kept in a benchmark run's resume.pth: the plateau rule reads them
+
     def __init__(self, config, model):
         super().__init__(config, model)
         self.stopping_plateau = config["stopping_plateau"] or 0
