@@ -15,12 +15,12 @@ checkpoint of that label's run with the same seed (the label must come earlier i
 two-stage model chains its stages, e.g. ``LSVCR-aligned: {model: LSVCR, pretrained_core: run:LSVCR-stage1}``.
 Each run is a subprocess (so RecBole's logger, memory and crashes stay per run) whose record lands in
 ``<output_dir>/runs/<model>-seed<seed>/record.json`` (with the validation result after every epoch and
-the training rows seen by then); a re-run skips finished runs, and
-resumes an interrupted run (killed, or its machine gone) after its last validated epoch from
-``resume.pth``, written after every validation with the model, optimizer, trainer, random-generator
-and timing state, so the resumed run goes on as the uninterrupted one would (its record lists the
-epochs it was resumed after; delete ``resume.pth`` to start over). ``--summary_only`` rewrites the outputs from the finished runs without starting any. Every label is
-checked before the first run starts; when a run fails, the others still run, the summary lists it,
+the training rows seen by then); a re-run skips finished runs and resumes an interrupted run (killed,
+or its machine gone) after its last validated epoch from ``resume.pth``, written after every
+validation with the model, optimizer, trainer, random-generator and timing state, so the resumed run
+goes on as the uninterrupted one would (its record lists the epochs it was resumed after; delete
+``resume.pth`` to start over). ``--summary_only`` rewrites the outputs from the finished runs without
+starting any. Every label is checked before the first run starts; when a run fails, the others still run, the summary lists it,
 and the command exits with status 1. The output folder gets ``results.json`` (one record per run,
 with the command line that ran it), ``summary.md`` (the commands, mean ± std over seeds, ratios to the
 baseline, paired t-tests on per-user test metrics), ``metrics.png`` and, when a model was validated
