@@ -49,6 +49,7 @@ import yaml
 
 RECORD_FILE = "record.json"
 PER_USER_FILE = "per_user.json"
+ROWS_KEY = "rows"  # per_user.json: the evaluated rows' keys, in the order of the metric lists
 RESUME_FILE = "resume.pth"
 # RecBole Trainer state a resumed run needs; a trainer adds its own in ``resume_attributes``
 RESUMED_TRAINER_ATTRIBUTES = ("cur_step", "best_valid_score", "best_valid_result", "saved_model_file")
@@ -245,6 +246,16 @@ def _run_in_subprocess(label, model, dataset, seed, config, run_dir, overrides, 
     return record
 
 
+def _row_keys(dataset, users, positive_u, positive_i):
+    """``"user<TAB>items"`` tokens of each score row of an evaluated batch (its user, its positive
+    items): what a paired test pairs on, whatever the user order or id mapping of a run."""
+    users = dataset.id2token(dataset.uid_field, users.cpu().numpy())
+    items = [[] for _ in users]
+    for row, item in zip(positive_u.tolist(), dataset.id2token(dataset.iid_field, positive_i.cpu().numpy())):
+        items[row].append(str(item))
+    return [f"{user}\t{' '.join(sorted(row_items))}" for user, row_items in zip(users, items)]
+
+
 def _per_user_metrics(config, struct):
     """Per-user values of every configured top-k metric, from RecBole's own metric classes."""
     from recbole.evaluator.register import metrics_dict
@@ -302,11 +313,12 @@ def run_single(spec_path):
     if probe and not progress["resumed_after"]:
         progress["probe_before"] = probe()
 
-    structs = []
+    structs, evaluated_rows, pending_rows = [], [], []
     train_epoch, save_checkpoint, get_struct, valid_epoch, calculate_loss = (
         trainer._train_epoch, trainer._save_checkpoint, trainer.eval_collector.get_data_struct,
         trainer._valid_epoch, model.calculate_loss,
     )
+    full_sort_batch_eval, neg_sample_batch_eval = trainer._full_sort_batch_eval, trainer._neg_sample_batch_eval
 
     def counted_loss(interaction):  # the trainer looks calculate_loss up on the model every epoch
         progress["rows_seen"] += len(interaction)
@@ -328,8 +340,23 @@ def run_single(spec_path):
         progress["saved_epochs"].append(epoch)
         return save_checkpoint(epoch, *args, **kwargs)
 
+    def keyed_full_sort(batched_data):  # one score row per interaction row
+        interaction, scores, positive_u, positive_i = full_sort_batch_eval(batched_data)
+        pending_rows.extend(_row_keys(dataset, interaction[dataset.uid_field], positive_u, positive_i))
+        return interaction, scores, positive_u, positive_i
+
+    def keyed_neg_sample(batched_data):  # interaction rows are (user, candidate) pairs; row_idx their score row
+        interaction, scores, positive_u, positive_i = neg_sample_batch_eval(batched_data)
+        if scores.dim() == 2:
+            users = torch.zeros(len(scores), dtype=torch.long)
+            users[batched_data[1].cpu()] = interaction[dataset.uid_field].cpu()
+            pending_rows.extend(_row_keys(dataset, users, positive_u, positive_i))
+        return interaction, scores, positive_u, positive_i
+
     def kept_struct():  # keep only the latest evaluation's data (the test one, in the end)
         structs[:] = [get_struct()]
+        evaluated_rows[:] = [list(pending_rows)]
+        pending_rows.clear()
         return structs[0]
 
     def save_progress(epoch, _valid_score):  # RecBole's end-of-epoch callback, after the best-model save
@@ -338,6 +365,7 @@ def run_single(spec_path):
     trainer._train_epoch, trainer._save_checkpoint = timed_train_epoch, tracked_save
     trainer._valid_epoch, model.calculate_loss = tracked_valid, counted_loss
     trainer.eval_collector.get_data_struct = kept_struct
+    trainer._full_sort_batch_eval, trainer._neg_sample_batch_eval = keyed_full_sort, keyed_neg_sample
     if finished:  # interrupted after its last epoch: only the test is left
         best_valid = trainer.best_valid_result
     else:
@@ -348,6 +376,8 @@ def run_single(spec_path):
     eval_seconds = time.perf_counter() - start
     logger.info(f"test result: {test_result}")
     per_user = _per_user_metrics(config, structs[-1])
+    if per_user:
+        per_user[ROWS_KEY] = evaluated_rows[-1]
     test_modes = {}
     for mode in spec.get("extra_test_modes") or []:  # the loaded best model, other test protocols
         config["eval_args"]["mode"]["test"] = mode
@@ -462,20 +492,35 @@ def _load_per_user(output_dir, record):
         return json.load(f)
 
 
+def _keyed_values(per_user, metric):
+    """(row keys, values) of one run sorted by row key; keys None for files written before the rows were."""
+    values = per_user[metric]
+    if ROWS_KEY not in per_user:
+        return None, values
+    pairs = sorted(zip(per_user[ROWS_KEY], values))
+    return [key for key, _ in pairs], [value for _, value in pairs]
+
+
 def _paired_p_value(output_dir, runs, baseline_runs, metric):
-    """Paired t-test over users on the per-user test metric averaged over the seeds both share."""
+    """Paired t-test over the test rows (users) on the per-user metric averaged over the seeds both
+    share; None (n/a) unless every run evaluated the same rows."""
     from scipy import stats
 
     seeds = sorted({r["seed"] for r in runs} & {r["seed"] for r in baseline_runs})
     if not seeds:
         return None
-
-    def averaged(group):
-        by_seed = {r["seed"]: _load_per_user(output_dir, r)[metric] for r in group if r["seed"] in seeds}
-        return [statistics.mean(values) for values in zip(*(by_seed[s] for s in seeds))]
-
-    a, b = averaged(runs), averaged(baseline_runs)
-    if len(a) != len(b) or a == b:
+    keyed = [_keyed_values(_load_per_user(output_dir, r), metric)
+             for r in (*runs, *baseline_runs) if r["seed"] in seeds]
+    keys = [k for k, _ in keyed]
+    if any(k is None for k in keys):  # older files: rows in the evaluation's order
+        if len({len(values) for _, values in keyed}) != 1:
+            return None
+    elif any(k != keys[0] for k in keys):
+        return None
+    n_runs = len([r for r in runs if r["seed"] in seeds])
+    a = [statistics.mean(row) for row in zip(*(values for _, values in keyed[:n_runs]))]
+    b = [statistics.mean(row) for row in zip(*(values for _, values in keyed[n_runs:]))]
+    if a == b:
         return None
     return float(stats.ttest_rel(a, b).pvalue)
 
@@ -514,7 +559,7 @@ def write_summary(records, models, output_dir):
             lines.append("| " + " | ".join(cells) + " |")
         lines += ["", f"Ratios (in parentheses) are to the baseline {baseline}. Paired two-sided t-test "
                   f"(scipy.stats.ttest_rel) against {baseline} over test users, on each user's metric "
-                  "averaged over the shared seeds:", ""]
+                  "averaged over the shared seeds (n/a: the runs were tested on different rows):", ""]
         lines += ["| model | " + " | ".join(f"p {k}" for k in metrics) + " |", "|" + "---|" * (len(metrics) + 1)]
         for m in models[1:]:
             pvalues = [_paired_p_value(output_dir, by_model[m], by_model[baseline], k) for k in metrics]

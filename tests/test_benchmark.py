@@ -82,6 +82,8 @@ def test_two_model_two_seed_smoke_benchmark(tiny_config, tmp_path, capsys):
         # RecBole's averaged metric equals the mean of the per-user values used by the t-test
         ndcg = per_user["ndcg@10"]
         assert abs(sum(ndcg) / len(ndcg) - record["test"]["ndcg@10"]) < 1e-4
+        # each value's test row: "user<TAB>target item", one row per user under leave-one-out
+        assert len(per_user["rows"]) == len(ndcg) == len({row.split("\t")[0] for row in per_user["rows"]})
     summary = (out / "summary.md").read_text()
     assert f"Runs made by:\n\n```bash\n{command}\n```" in summary
     assert "| SASRec | 2 |" in summary and "| TedRec-fast | 2 |" in summary
@@ -329,3 +331,40 @@ def test_a_resume_file_of_another_spec_is_ignored(tiny_config, tmp_path, monkeyp
     record = benchmark.run_single(str(tmp_path / "spec.json"))
     assert record["epochs"] == 1 and "resumed_after_epochs" not in record
     assert not (tmp_path / benchmark.RESUME_FILE).exists()
+
+
+def test_paired_test_pairs_rows_by_user_and_item_in_any_protocol(tiny_config, tmp_path):
+    """Full ranking and sampled (uni100) evaluation key the same test rows, so the t-test pairs them; a run
+    with its rows in another order gets the same p-value, and runs tested on other rows get none (n/a)."""
+    from recbole_ext.benchmark import _paired_p_value
+
+    shared = {k: v for k, v in tiny_config.items() if k not in ("seed", "checkpoint_dir", "state")}
+    shared.update(epochs=1, metrics=["Recall", "NDCG"], topk=[10], valid_metric="NDCG@10", loss_type="CE",
+                  train_neg_sample_args=None)
+    sampled = {"model": "SASRec", "eval_args": {"split": {"LS": "valid_and_test"}, "order": "TO",
+                                                "group_by": "user", "mode": "uni100"}}
+    bench_file = tmp_path / "pairs.yaml"
+    bench_file.write_text(yaml.safe_dump({"dataset": "tiny", "models": ["SASRec", "SASRec-uni100"], "seeds": [1],
+                                          "config": shared, "model_config": {"SASRec-uni100": sampled}}))
+    out = tmp_path / "out"
+    records = main([f"--benchmark={bench_file}", f"--output_dir={out}"])
+    assert [r["status"] for r in records] == ["ok", "ok"]
+    per_user = {r["model"]: json.loads((out / "runs" / f"{r['model']}-seed1" / "per_user.json").read_text())
+                for r in records}
+    assert sorted(per_user["SASRec"]["rows"]) == sorted(per_user["SASRec-uni100"]["rows"])
+    assert per_user["SASRec-uni100"]["ndcg@10"] != per_user["SASRec"]["ndcg@10"]
+    full, uni = records
+    p_value = _paired_p_value(str(out), [uni], [full], "ndcg@10")
+    assert p_value is not None and 0 <= p_value <= 1
+
+    path = out / "runs" / "SASRec-uni100-seed1" / "per_user.json"
+    reordered = {k: list(reversed(v)) for k, v in per_user["SASRec-uni100"].items()}
+    path.write_text(json.dumps(reordered))
+    assert _paired_p_value(str(out), [uni], [full], "ndcg@10") == pytest.approx(p_value)
+
+    other_rows = dict(reordered, rows=[row + "0" for row in reordered["rows"]])
+    path.write_text(json.dumps(other_rows))
+    assert _paired_p_value(str(out), [uni], [full], "ndcg@10") is None
+    main([f"--benchmark={bench_file}", f"--output_dir={out}", "--summary_only"])
+    summary = (out / "summary.md").read_text()
+    assert "| SASRec-uni100 | n/a | n/a |" in summary and "tested on different rows" in summary
