@@ -206,3 +206,16 @@ def test_text_neighbours_report(tmp_path):
     assert "4 items, 3-d vectors" in result.stdout
     assert "nearest neighbour has the same class: 0.50 of items" in result.stdout
     assert "A [Drama] -> B [Drama] (cosine 0.99)" in result.stdout
+
+
+def test_feature_files_are_built_once_and_name_each_stale_setting():
+    from recbole_ext.data.feature_cache import build_once, stale_settings
+
+    built = []
+    build_once(lambda: bool(built), lambda: built.append("file"))
+    build_once(lambda: bool(built), lambda: built.append("again"))
+    assert built == ["file"]
+    recorded = {"encoder": "MiniLM", "pooling": "mean", "rows": 5}
+    assert stale_settings(recorded, {"encoder": "MiniLM", "pooling": "mean"}) == ""
+    assert stale_settings(recorded, {"pooling": "cls", "max_length": 64}) == (
+        "pooling: file 'mean', config 'cls'; max_length: file None, config 64")

