@@ -223,3 +223,29 @@ def test_lrd_trains_and_evaluates_on_converted_data(toy_root, tmp_path, tiny_enc
     assert set(test) == {"hit@1", "hit@3", "ndcg@1", "ndcg@3"}
     # 3 users, 4 candidates each: every metric is a multiple of 1/3 (hit) within [0, 1]
     assert all(0 <= v <= 1 for v in test.values()) and test["hit@3"] * 3 == pytest.approx(round(test["hit@3"] * 3), abs=1e-3)
+
+
+@pytest.mark.parametrize("mode", ["fixed", "uni3"])
+def test_sampled_evaluation_from_full_sort_gives_recbole_s_scores(toy_root, tmp_path, mode):
+    """``eval_sampled_by_full_sort`` scores each user once with ``full_sort_predict`` and reads the
+    candidates: the same metrics as RecBole's row-by-row ``predict``, which it never calls."""
+    eval_args = {"split": {"LS": "valid_and_test"}, "order": "TO", "group_by": "user", "mode": mode}
+    results = {}
+    for by_full_sort in (False, True):
+        config = _config(toy_root, tmp_path, eval_args=eval_args, eval_sampled_by_full_sort=by_full_sort,
+                         eval_batch_size=8, topk=[1, 2, 3])  # 8 rows: users split over batches
+        _, train, valid, test = _prepare(config)
+        init_seed(7, True)
+        model = get_model("SASRec")(config, train._dataset)
+        calls = {"predict": 0, "full_sort_predict": 0}
+        for name in calls:
+            def counted(interaction, method=getattr(model, name), name=name):
+                calls[name] += 1
+                return method(interaction)
+            setattr(model, name, counted)
+        trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
+        init_seed(7, True)
+        results[by_full_sort] = [trainer.evaluate(data, load_best_model=False) for data in (valid, test)]
+        assert (calls["predict"] == 0) == by_full_sort and (calls["full_sort_predict"] > 0) == by_full_sort
+    for by_predict, by_full_sort in zip(results[False], results[True]):
+        assert by_full_sort == pytest.approx(by_predict, abs=1e-6)
