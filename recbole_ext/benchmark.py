@@ -20,11 +20,12 @@ or its machine gone) after its last validated epoch from ``resume.pth``, written
 validation with the model, optimizer, trainer, random-generator and timing state, so the resumed run
 goes on as the uninterrupted one would (its record lists the epochs it was resumed after; delete
 ``resume.pth`` to start over). ``--summary_only`` rewrites the outputs from the finished runs without
-starting any. Every label is checked before the first run starts; when a run fails, the others still run, the summary lists it,
-and the command exits with status 1. The output folder gets ``results.json`` (one record per run,
-with the command line that ran it), ``summary.md`` (the commands, mean ± std over seeds, ratios to the
-baseline, paired t-tests on per-user test metrics), ``metrics.png`` and, when a model was validated
-more than once, ``learning_curve.png`` (validation metric against training rows seen, per run).
+starting any. Every label is checked before the first run starts; when a run fails, the others still
+run, the summary lists it, and the command exits with status 1. The output folder gets
+``results.json`` (one record per run, with the command line that ran it), ``summary.md`` (the
+commands, mean ± std over seeds, ratios to the baseline, paired t-tests on per-user test metrics),
+``metrics.png`` and, when a model was validated more than once, ``learning_curve.png`` (validation
+metric against training rows seen, per run).
 
 ``--publish[=<name>]`` trains nothing: it collects the finished runs of the folder the other flags
 point to (as ``--summary_only``) and copies ``summary.md`` verbatim into ``docs/results/<name>.md``
@@ -246,14 +247,18 @@ def _run_in_subprocess(label, model, dataset, seed, config, run_dir, overrides, 
     return record
 
 
-def _row_keys(dataset, users, positive_u, positive_i):
-    """``"user<TAB>items"`` tokens of each score row of an evaluated batch (its user, its positive
-    items): what a paired test pairs on, whatever the user order or id mapping of a run."""
-    users = dataset.id2token(dataset.uid_field, users.cpu().numpy())
-    items = [[] for _ in users]
-    for row, item in zip(positive_u.tolist(), dataset.id2token(dataset.iid_field, positive_i.cpu().numpy())):
-        items[row].append(str(item))
-    return [f"{user}\t{' '.join(sorted(row_items))}" for user, row_items in zip(users, items)]
+def _row_keys(dataset, batches):
+    """``"user<TAB>items"`` tokens of each score row of the evaluated ``(users, positive_u, positive_i)``
+    batches (its user, its positive items): what a paired test pairs on, whatever the user order or id
+    mapping of a run."""
+    keys = []
+    for users, positive_u, positive_i in batches:
+        users = dataset.id2token(dataset.uid_field, users.numpy())
+        items = [[] for _ in users]
+        for row, item in zip(positive_u.tolist(), dataset.id2token(dataset.iid_field, positive_i.numpy())):
+            items[row].append(str(item))
+        keys += [f"{user}\t{' '.join(sorted(row_items))}" for user, row_items in zip(users, items)]
+    return keys
 
 
 def _per_user_metrics(config, struct):
@@ -342,7 +347,7 @@ def run_single(spec_path):
 
     def keyed_full_sort(batched_data):  # one score row per interaction row
         interaction, scores, positive_u, positive_i = full_sort_batch_eval(batched_data)
-        pending_rows.extend(_row_keys(dataset, interaction[dataset.uid_field], positive_u, positive_i))
+        pending_rows.append((interaction[dataset.uid_field].cpu(), positive_u.cpu(), positive_i.cpu()))
         return interaction, scores, positive_u, positive_i
 
     def keyed_neg_sample(batched_data):  # interaction rows are (user, candidate) pairs; row_idx their score row
@@ -350,7 +355,7 @@ def run_single(spec_path):
         if scores.dim() == 2:
             users = torch.zeros(len(scores), dtype=torch.long)
             users[batched_data[1].cpu()] = interaction[dataset.uid_field].cpu()
-            pending_rows.extend(_row_keys(dataset, users, positive_u, positive_i))
+            pending_rows.append((users, positive_u.cpu(), positive_i.cpu()))
         return interaction, scores, positive_u, positive_i
 
     def kept_struct():  # keep only the latest evaluation's data (the test one, in the end)
@@ -377,7 +382,7 @@ def run_single(spec_path):
     logger.info(f"test result: {test_result}")
     per_user = _per_user_metrics(config, structs[-1])
     if per_user:
-        per_user[ROWS_KEY] = evaluated_rows[-1]
+        per_user[ROWS_KEY] = _row_keys(dataset, evaluated_rows[-1])  # tokens for the test only
     test_modes = {}
     for mode in spec.get("extra_test_modes") or []:  # the loaded best model, other test protocols
         config["eval_args"]["mode"]["test"] = mode
