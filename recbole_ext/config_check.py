@@ -46,6 +46,7 @@ GENERAL_RULES = {
     "hidden_dropout_prob": "float, >= 0, < 1",
     "attn_dropout_prob": "float, >= 0, < 1",
     "dropout_prob": "float, >= 0, < 1",
+    "eval_sampled_by_full_sort": "bool|None",  # the plugin's key (recbole_ext.sampled_eval)
 }
 
 _TYPES = {

@@ -5,6 +5,7 @@ import logging
 import os
 import pickle
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -46,6 +47,7 @@ def _sasrec(config_dict, dataset="tiny"):
     ("epochs", -1, "epochs=-1 must be > 0"),
     ("train_batch_size", 0, "train_batch_size=0 must be > 0"),
     ("hidden_dropout_prob", 1.5, "hidden_dropout_prob=1.5 must be >= 0, < 1"),
+    ("eval_sampled_by_full_sort", "yes", "eval_sampled_by_full_sort='yes' must be bool, got str"),
 ])
 @pytest.mark.parametrize("model", ["SASRec", "TedRec"])
 def test_general_config_values_are_checked_before_data_loads(tiny_config, model, key, value, message):
@@ -81,7 +83,9 @@ def test_packaged_benchmark_configs_pass_the_checks():
     from recbole_ext.benchmark import load_benchmark, model_and_config
     from recbole_ext.config_check import check_config_values
 
-    for name in ("ml-100k", "ml-1m", "unisrec-downstream", "notellm-ml-100k", "lrd-ml-100k", "notellm2-digits-mm"):
+    names = sorted(path.stem for path in (Path(REPO) / "props" / "benchmarks").glob("*.yaml"))
+    assert "lrd-office" in names and "tedrec-text-signal" in names
+    for name in names:
         bench = load_benchmark(name)
         for label in bench["models"]:
             check_config_values(*reversed(model_and_config(bench, label)))
