@@ -726,9 +726,12 @@ def publish(output_dir, name, publish_dir=os.path.join("docs", "results")):
                 f"{doc_path} has no line '{PUBLISH_MARKER}'; add it where the harness output should "
                 "start (everything above it is kept, everything below it is replaced)."
             )
-    else:
-        with open(os.path.join(output_dir, "results.json"), encoding="utf-8") as f:
-            commands = list(dict.fromkeys(r["command"] for r in json.load(f) if r.get("command")))
+    else:  # a harness run lists its commands; a script's summary names its own command
+        commands = []
+        results_path = os.path.join(output_dir, "results.json")
+        if os.path.isfile(results_path):
+            with open(results_path, encoding="utf-8") as f:
+                commands = list(dict.fromkeys(r["command"] for r in json.load(f) if r.get("command")))
         head = f"# {name}\n\n"
         if commands:
             head += "Produced by\n\n```bash\n" + "\n".join(commands) + "\n```\n\n"

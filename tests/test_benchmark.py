@@ -14,7 +14,9 @@ from recbole_ext.benchmark import (
     load_benchmark,
     main,
     model_and_config,
+    publish,
     publish_name,
+    save_summary,
 )
 
 RECORD_FIELDS = {"model", "dataset", "seed", "valid", "test", "epoch_seconds", "epochs", "best_epoch",
@@ -368,3 +370,11 @@ def test_paired_test_pairs_rows_by_user_and_item_in_any_protocol(tiny_config, tm
     main([f"--benchmark={bench_file}", f"--output_dir={out}", "--summary_only"])
     summary = (out / "summary.md").read_text()
     assert "| SASRec-uni100 | n/a | n/a |" in summary and "tested on different rows" in summary
+
+
+def test_a_script_summary_publishes_to_a_new_page(tmp_path):
+    out, docs = tmp_path / "run", tmp_path / "docs"
+    save_summary(str(out), "Produced by `python benchmarks/some_check.py`.\n\n| a | b |\n")
+    publish(str(out), "some-check", publish_dir=str(docs))
+    assert (docs / "some-check.md").read_text() == (
+        "# some-check\n\n" + PUBLISH_MARKER + "\nProduced by `python benchmarks/some_check.py`.\n\n| a | b |\n")

@@ -491,6 +491,15 @@ def test_no_cross_signal_removes_the_coupling_between_the_streams():
         assert 0.85 < len(ablated[name]) / len(coupled[name]) < 1.15
 
 
+def test_liked_videos_follow_the_commented_topic_only_with_the_coupling():
+    """The comments -> videos signal the video task needs: liked videos that come after a commented topic
+    other than the last liked one mostly follow the commented topic, and not in the ablation."""
+    coupled = synthetic_kuaicomt.comment_followups(synthetic_kuaicomt.generate(seed=3, n_users=200))
+    assert coupled["differ"] > 0.1 and coupled["follow_comment"] > coupled["follow_video"] + 0.3
+    ablated = synthetic_kuaicomt.comment_followups(synthetic_kuaicomt.generate(seed=3, n_users=200, cross_signal=False))
+    assert ablated["follow_comment"] < 1 / len(synthetic_kuaicomt.TOPICS) + 0.05 < ablated["follow_video"]
+
+
 @pytest.mark.parametrize("name, task, baseline", [
     ("lsvcr-synthetic", "video", "SASRec"), ("lsvcr-synthetic-comment", "comment", "LikeCountRanker"),
     ("lsvcr-synthetic-nocross", "video", "SASRec"), ("lsvcr-synthetic-comment-nocross", "comment", "LikeCountRanker"),
