@@ -1,17 +1,23 @@
-"""Can the comment history tell which video a user likes next, on the synthetic KuaiComt data?
+"""Can one stream of the synthetic KuaiComt data predict the other task's next item, without a model?
 
 Before LSVCR is benchmarked on ``recbole_ext.data.synthetic_kuaicomt``, this measures what its data
-offers, without any model: two count-based predictors of the next liked video, fitted on the training
-rows (every liked video but each user's last two), ranking all videos by
-``P(topic) * the video's share of its topic's training likes``:
+offers with count-based predictors fitted on the training rows (each user's rows but the last two of a
+task), and picked on the validation rows (the second-to-last):
 
-* video history only: ``P(topic) = a T[last liked topic] + (1 - a) h_v`` (``h_v``: the user's liked topics);
-* both histories: ``P(topic) = a T[last liked topic, last commented topic] + (1 - a) ((1 - b) h_v + b h_c)``.
+* **video task** (the next liked video, all videos ranked by ``P(topic) * the video's share of its
+  topic's training likes``, the user's earlier liked videos left out):
+  video history only, ``P(topic) = a T[last liked topic] + (1 - a) h_v`` (``h_v``: the user's liked
+  topics); then both histories, ``a T[last liked topic, last commented topic] + (1 - a) ((1 - b) h_v
+  + b h_c)``;
+* **comment task** (the comment picked on the current video, its comments ranked, those already in
+  the history left out): like count only; then ``sqrt(likes) * E[exp(2 [style = the user's style])]``
+  with the user's style inferred from the styles of their earlier comments, ``P(s) ~ exp(beta n_s)``;
+  then also from their video history, ``P(s) ~ M[main liked topic, s] exp(beta n_s)`` (``M`` counted
+  on the training rows).
 
-``a`` and ``b`` are picked on the validation rows (each user's second-to-last liked video); NDCG on the
-test rows (the last), with the user's earlier liked videos left out of the ranking, and a paired
-t-test over users. On the default data the second predictor must win clearly and on the
-``--no_cross_signal`` data it must not: that is the signal LSVCR's benchmark has to find.
+Each row's p-value is a paired t-test over users against the row above it. On the default data the
+second histories must help and on the ``--no_cross_signal`` data they must not: that is the signal
+LSVCR's benchmarks have to find.
 
     python benchmarks/lsvcr_data_check.py [--users=600] [--videos=600] [--like_probability=0.4,0.15]
                                           [--comment_propensity=2,3] [--publish]
@@ -27,10 +33,10 @@ from scipy.stats import ttest_rel
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from recbole_ext.data.synthetic_kuaicomt import (  # noqa: E402
-    COMMENT_PROPENSITY, LIKE_PROBABILITY, event_topics, generate,
+    COMMENT_PROPENSITY, LIKE_PROBABILITY, STYLES, event_topics, generate,
 )
 
-CUTOFFS = (5, 10)
+CUTOFFS = {"video": (5, 10), "comment": (1, 5)}
 
 
 def liked_rows(events, topics):
@@ -74,8 +80,12 @@ def fit(per_user, n_topics, n_videos, video_topic):
     return (by_video / by_video.sum(-1, keepdims=True), by_both / by_both.sum(-1, keepdims=True), share)
 
 
+def _ndcg(rank, cutoffs):
+    return [1 / np.log2(rank + 2) if rank < k else 0.0 for k in cutoffs]
+
+
 def ndcg(per_user, model, video_topic, row, comments, a, b):
-    """Per-user NDCG@k of one row (-1 validation, ... ) for ``CUTOFFS``: [users, len(CUTOFFS)]."""
+    """Per-user video-task NDCG of one row (-1 test, -2 validation): [users, len(cutoffs)]."""
     by_video, by_both, share = model
     out = []
     for rows in per_user:
@@ -90,13 +100,12 @@ def ndcg(per_user, model, video_topic, row, comments, a, b):
             topic_p = a * by_video[last_video] + (1 - a) * h_v
         scores = np.r_[-1.0, topic_p[video_topic[1:]]] * share
         scores[seen] = -1.0
-        rank = int((scores > scores[target]).sum())
-        out.append([1 / np.log2(rank + 2) if rank < k else 0.0 for k in CUTOFFS])
+        out.append(_ndcg(int((scores > scores[target]).sum()), CUTOFFS["video"]))
     return np.array(out)
 
 
-def evaluate(tables):
-    """{predictor: per-user test NDCG [users, len(CUTOFFS)]} for the two predictors."""
+def evaluate_videos(tables):
+    """{predictor: per-user test NDCG [users, len(cutoffs)]} on the video task."""
     videos = tables["video_features.csv"]
     topics = sorted(videos["category"].unique())
     video_topic = np.r_[0, videos.sort_values("video_id")["category"].map(topics.index).to_numpy()]
@@ -108,6 +117,78 @@ def evaluate(tables):
                                   [(a, b) for a in (0.2, 0.4, 0.6, 0.8) for b in (0.0, 0.3, 0.6)])):
         a, b = max(grid, key=lambda ab: ndcg(per_user, model, video_topic, -2, comments, *ab)[:, 0].mean())
         result[name] = ndcg(per_user, model, video_topic, -1, comments, a, b)
+    return result
+
+
+def comment_rows(tables, topics):
+    """Per user, one row per comment event: ((main liked topic, earlier comments' style counts, earlier
+    comments), current video, target comment)."""
+    per_user = []
+    for _, user_events in event_topics(tables).groupby("user"):
+        rows, seen = [], []
+        liked, styles = np.zeros(len(topics)), np.zeros(len(STYLES))
+        for kind, item, video, topic in zip(user_events["kind"], user_events["item"], user_events["video"],
+                                            user_events["topic"]):
+            if kind == "v":
+                liked[topics.index(topic)] += 1
+                continue
+            main_topic = int(liked.argmax()) if liked.any() else len(topics)
+            rows.append(((main_topic, styles.copy(), list(seen)), video, item))
+            styles[COMMENT_STYLE[item]] += 1
+            seen.append(item)
+        per_user.append(rows)
+    return per_user
+
+
+def comment_styles(comments):
+    """Each comment's style, read back from its words (the style vocabularies do not overlap)."""
+    vocabularies = [set(words.split()) for words in STYLES.values()]
+    return {cid: int(np.argmax([len(set(text.split()) & v) for v in vocabularies]))
+            for cid, text in zip(comments["comment_id"], comments["comment_content"])}
+
+
+COMMENT_STYLE = {}
+
+
+def evaluate_comments(tables):
+    """{predictor: per-user test NDCG [users, len(cutoffs)]} on the comment task."""
+    comments = tables["comment_features.csv"]
+    COMMENT_STYLE.clear()
+    COMMENT_STYLE.update(comment_styles(comments))
+    topics = sorted(tables["video_features.csv"]["category"].unique())
+    likes = dict(zip(comments["comment_id"], comments["comment_like_cnt"]))
+    by_video = comments.groupby("video_id")["comment_id"].apply(np.array).to_dict()
+    per_user = comment_rows(tables, topics)
+    style_by_topic = np.ones((len(topics) + 1, len(STYLES)))
+    for rows in per_user:
+        for (main_topic, _, _), _, target in rows[:-2]:
+            style_by_topic[main_topic, COMMENT_STYLE[target]] += 1
+    style_by_topic /= style_by_topic.sum(1, keepdims=True)
+
+    def run(row, use_comments, use_videos, beta):
+        out = []
+        for rows in per_user:
+            if len(rows) < 3:
+                continue
+            (main_topic, styles, seen), video, target = rows[row]
+            candidates = np.array([c for c in by_video[video] if c == target or c not in seen])
+            weight = np.sqrt([likes[c] for c in candidates])
+            style_p = style_by_topic[main_topic] if use_videos else np.ones(len(STYLES))
+            style_p = style_p * np.exp(beta * styles) if use_comments else style_p
+            style_p /= style_p.sum()
+            if use_comments or use_videos:
+                candidate_style = np.array([COMMENT_STYLE[c] for c in candidates])
+                weight = weight * (1 + (np.e ** 2 - 1) * style_p[candidate_style])
+            score = weight[candidates == target][0]
+            out.append(_ndcg(int((weight > score).sum()), CUTOFFS["comment"]))
+        return np.array(out)
+
+    result = {}
+    for name, use_comments, use_videos in (("like count only", False, False),
+                                           ("+ comment history", True, False),
+                                           ("+ comment and video history", True, True)):
+        beta = max((0.5, 1.0, 2.0), key=lambda b: run(-2, use_comments, use_videos, b)[:, 0].mean())
+        result[name] = run(-1, use_comments, use_videos, beta)
     return result
 
 
@@ -131,22 +212,25 @@ def main():
     command = "python benchmarks/lsvcr_data_check.py" + "".join(
         f" --{k}={getattr(args, k)}" for k in ("users", "videos", "seed", "like_probability", "comment_propensity")
     ) + (" --publish" if args.publish else "")
-    lines = [f"Produced by `{command}`.", "",
-             "| data | predictor | users | " + " | ".join(f"test ndcg@{k}" for k in CUTOFFS)
-             + " | " + " | ".join(f"p ndcg@{k}" for k in CUTOFFS) + " |",
-             "|---|---|---|" + "---|" * (2 * len(CUTOFFS))]
-    for label, cross in (("cross-stream signal (default)", True), ("--no_cross_signal", False)):
-        result = evaluate(generate(args.seed, args.users, args.videos, cross, like_probability=like_probability,
-                                   comment_propensity=comment_propensity))
-        base = result["video history only"]
-        for name, values in result.items():
-            ratios = " | ".join(f"{values[:, i].mean():.4f} ({values[:, i].mean() / base[:, i].mean():.2f}x)"
-                                for i in range(len(CUTOFFS)))
-            p = " | ".join("—" if values is base else f"{ttest_rel(values[:, i], base[:, i]).pvalue:.2g}"
-                           for i in range(len(CUTOFFS)))
-            lines.append(f"| {label} | {name} | {len(values)} | {ratios} | {p} |")
-    lines += ["", "Ratios and p-values (paired two-sided t-test over users) are against the video-history-only "
-              "predictor on the same data."]
+    lines = [f"Produced by `{command}`."]
+    data = {label: generate(args.seed, args.users, args.videos, cross, like_probability=like_probability,
+                            comment_propensity=comment_propensity)
+            for label, cross in (("cross-stream signal (default)", True), ("--no_cross_signal", False))}
+    for task, evaluate in (("video", evaluate_videos), ("comment", evaluate_comments)):
+        cutoffs = CUTOFFS[task]
+        lines += ["", f"**{task} task**", "",
+                  "| data | predictor | users | " + " | ".join(f"test ndcg@{k}" for k in cutoffs)
+                  + " | " + " | ".join(f"p ndcg@{k}" for k in cutoffs) + " |",
+                  "|---|---|---|" + "---|" * (2 * len(cutoffs))]
+        for label, tables in data.items():
+            above = None
+            for name, values in evaluate(tables).items():
+                means = " | ".join(f"{values[:, i].mean():.4f}" for i in range(len(cutoffs)))
+                p = " | ".join("—" if above is None else f"{ttest_rel(values[:, i], above[:, i]).pvalue:.2g}"
+                               for i in range(len(cutoffs)))
+                lines.append(f"| {label} | {name} | {len(values)} | {means} | {p} |")
+                above = values
+    lines += ["", "p: paired two-sided t-test over users against the row above (the same data)."]
     text = "\n".join(lines) + "\n"
     print(text)
     save_summary(args.output_dir, text, args.publish)

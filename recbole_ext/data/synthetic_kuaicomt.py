@@ -208,15 +208,15 @@ def generate(seed=0, n_users=600, n_videos=600, cross_signal=True, cross_strengt
 
 def event_topics(tables):
     """Liked-video (``v``) and comment (``c``) events with their video's topic, in time order per user:
-    a frame of ``user``, ``time``, ``kind``, ``video``, ``topic``."""
+    a frame of ``user``, ``time``, ``kind``, ``item`` (the video or the comment), ``video``, ``topic``."""
     category = tables["video_features.csv"].set_index("video_id")["category"]
     liked = tables["user_video_inter.csv"].query("is_like == 1")
     comments = tables["user_comment_inter.csv"]
     frame = pd.concat([
         pd.DataFrame({"user": liked["user_id"], "time": liked["time_ms"] / 1000.0, "kind": "v",
-                      "video": liked["video_id"]}),
+                      "item": liked["video_id"], "video": liked["video_id"]}),
         pd.DataFrame({"user": comments["user_id"], "time": comments["time_stamp"].astype(float), "kind": "c",
-                      "video": comments["photo_id"]}),
+                      "item": comments["comment_id"], "video": comments["photo_id"]}),
     ], ignore_index=True)
     frame["topic"] = frame["video"].map(category)
     return frame.sort_values(["user", "time"], kind="stable").reset_index(drop=True)
