@@ -10,17 +10,18 @@ task), and picked on the validation rows (the second-to-last):
   topics); then both histories, ``a T[last liked topic, last commented topic] + (1 - a) ((1 - b) h_v
   + b h_c)``;
 * **comment task** (the comment picked on the current video, its comments ranked, those already in
-  the history left out): like count only; then ``sqrt(likes) * E[exp(2 [style = the user's style])]``
-  with the user's style inferred from the styles of their earlier comments, ``P(s) ~ exp(beta n_s)``;
-  then also from their video history, ``P(s) ~ M[main liked topic, s] exp(beta n_s)`` (``M`` counted
-  on the training rows).
+  the history left out): like count only; then the comment history, ``sqrt(likes) * E[exp(2 [style =
+  the user's style])] * exp(gamma * the share of the user's comments mentioning its topic)`` with the
+  user's style inferred from their comments' styles, ``P(s) ~ exp(beta n_s)``; then also the video
+  history, ``P(s) ~ M[main liked topic, s] exp(beta n_s)`` (``M`` counted on the training rows) and
+  ``exp(delta [it mentions the last liked topic])``.
 
 Each row's p-value is a paired t-test over users against the row above it. On the default data the
 second histories must help and on the ``--no_cross_signal`` data they must not: that is the signal
 LSVCR's benchmarks have to find.
 
-    python benchmarks/lsvcr_data_check.py [--users=600] [--videos=600] [--like_probability=0.4,0.15]
-                                          [--comment_propensity=2,3] [--publish]
+    python benchmarks/lsvcr_data_check.py [--users=600] [--videos=600] [--cross_strength=0.4]
+                                          [--like_probability=0.4,0.15] [--comment_propensity=2,3] [--publish]
 """
 
 import argparse
@@ -33,7 +34,7 @@ from scipy.stats import ttest_rel
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from recbole_ext.data.synthetic_kuaicomt import (  # noqa: E402
-    COMMENT_PROPENSITY, LIKE_PROBABILITY, STYLES, event_topics, generate,
+    COMMENT_PROPENSITY, LIKE_PROBABILITY, STYLES, comment_traits, event_topics, generate,
 )
 
 CUTOFFS = {"video": (5, 10), "comment": (1, 5)}
@@ -120,75 +121,75 @@ def evaluate_videos(tables):
     return result
 
 
-def comment_rows(tables, topics):
-    """Per user, one row per comment event: ((main liked topic, earlier comments' style counts, earlier
-    comments), current video, target comment)."""
+def comment_rows(tables, topics, features):
+    """Per user, one row per comment event: ((main liked topic, last liked topic, earlier comments'
+    style counts, their mentioned-topic counts, earlier comments), current video, target comment);
+    a topic index ``len(topics)`` means none yet."""
     per_user = []
     for _, user_events in event_topics(tables).groupby("user"):
         rows, seen = [], []
-        liked, styles = np.zeros(len(topics)), np.zeros(len(STYLES))
+        liked, styles, mentions = np.zeros(len(topics)), np.zeros(len(STYLES)), np.zeros(len(topics))
+        last_liked = len(topics)
         for kind, item, video, topic in zip(user_events["kind"], user_events["item"], user_events["video"],
                                             user_events["topic"]):
             if kind == "v":
-                liked[topics.index(topic)] += 1
+                last_liked = topics.index(topic)
+                liked[last_liked] += 1
                 continue
             main_topic = int(liked.argmax()) if liked.any() else len(topics)
-            rows.append(((main_topic, styles.copy(), list(seen)), video, item))
-            styles[COMMENT_STYLE[item]] += 1
+            rows.append(((main_topic, last_liked, styles.copy(), mentions.copy(), list(seen)), video, item))
+            style, mention = features[item]
+            styles[style] += 1
+            mentions[topics.index(mention)] += 1
             seen.append(item)
         per_user.append(rows)
     return per_user
 
 
-def comment_styles(comments):
-    """Each comment's style, read back from its words (the style vocabularies do not overlap)."""
-    vocabularies = [set(words.split()) for words in STYLES.values()]
-    return {cid: int(np.argmax([len(set(text.split()) & v) for v in vocabularies]))
-            for cid, text in zip(comments["comment_id"], comments["comment_content"])}
-
-
-COMMENT_STYLE = {}
-
-
 def evaluate_comments(tables):
     """{predictor: per-user test NDCG [users, len(cutoffs)]} on the comment task."""
     comments = tables["comment_features.csv"]
-    COMMENT_STYLE.clear()
-    COMMENT_STYLE.update(comment_styles(comments))
+    features = comment_traits(comments)
     topics = sorted(tables["video_features.csv"]["category"].unique())
     likes = dict(zip(comments["comment_id"], comments["comment_like_cnt"]))
     by_video = comments.groupby("video_id")["comment_id"].apply(np.array).to_dict()
-    per_user = comment_rows(tables, topics)
+    per_user = comment_rows(tables, topics, features)
     style_by_topic = np.ones((len(topics) + 1, len(STYLES)))
     for rows in per_user:
-        for (main_topic, _, _), _, target in rows[:-2]:
-            style_by_topic[main_topic, COMMENT_STYLE[target]] += 1
+        for (main_topic, *_), _, target in rows[:-2]:
+            style_by_topic[main_topic, features[target][0]] += 1
     style_by_topic /= style_by_topic.sum(1, keepdims=True)
 
-    def run(row, use_comments, use_videos, beta):
+    def run(row, use_videos, beta, gamma, delta):
+        """``beta``: weight of the user's comment-style counts; ``gamma``: of their mentioned-topic
+        shares; ``delta``: of a mention of the last liked topic (video history)."""
         out = []
         for rows in per_user:
             if len(rows) < 3:
                 continue
-            (main_topic, styles, seen), video, target = rows[row]
+            (main_topic, last_liked, styles, mentions, seen), video, target = rows[row]
             candidates = np.array([c for c in by_video[video] if c == target or c not in seen])
-            weight = np.sqrt([likes[c] for c in candidates])
-            style_p = style_by_topic[main_topic] if use_videos else np.ones(len(STYLES))
-            style_p = style_p * np.exp(beta * styles) if use_comments else style_p
+            style = np.array([features[c][0] for c in candidates])
+            mention = np.array([topics.index(features[c][1]) for c in candidates])
+            style_p = (style_by_topic[main_topic] if use_videos else np.ones(len(STYLES))) * np.exp(beta * styles)
             style_p /= style_p.sum()
-            if use_comments or use_videos:
-                candidate_style = np.array([COMMENT_STYLE[c] for c in candidates])
-                weight = weight * (1 + (np.e ** 2 - 1) * style_p[candidate_style])
-            score = weight[candidates == target][0]
-            out.append(_ndcg(int((weight > score).sum()), CUTOFFS["comment"]))
+            log_weight = 0.5 * np.log([likes[c] + 1e-6 for c in candidates])
+            log_weight += np.log1p((np.e ** 2 - 1) * style_p[style])
+            log_weight += gamma * mentions[mention] / max(mentions.sum(), 1)
+            if use_videos:
+                log_weight += delta * (mention == last_liked)
+            score = log_weight[candidates == target][0]
+            out.append(_ndcg(int((log_weight > score).sum()), CUTOFFS["comment"]))
         return np.array(out)
 
-    result = {}
-    for name, use_comments, use_videos in (("like count only", False, False),
-                                           ("+ comment history", True, False),
-                                           ("+ comment and video history", True, True)):
-        beta = max((0.5, 1.0, 2.0), key=lambda b: run(-2, use_comments, use_videos, b)[:, 0].mean())
-        result[name] = run(-1, use_comments, use_videos, beta)
+    result = {"like count only": run(-1, False, 0.0, 0.0, 0.0)}
+    for name, use_videos, grid in (
+        ("+ comment history", False, [(b, g, 0.0) for b in (0.5, 1.0, 2.0) for g in (0.0, 2.0, 4.0)]),
+        ("+ comment and video history", True,
+         [(b, g, d) for b in (0.5, 1.0, 2.0) for g in (0.0, 2.0, 4.0) for d in (0.0, 1.0, 2.0, 3.0)]),
+    ):
+        params = max(grid, key=lambda p: run(-2, use_videos, *p)[:, 1].mean())
+        result[name] = run(-1, use_videos, *params)
     return result
 
 
@@ -197,6 +198,8 @@ def main():
     parser.add_argument("--users", type=int, default=600)
     parser.add_argument("--videos", type=int, default=600)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--cross_strength", type=float, default=0.4,
+                        help="generator: probability that the next topic follows the last commented video")
     parser.add_argument("--like_probability", default=",".join(map(str, LIKE_PROBABILITY)),
                         help="generator: like probability on the main topic, elsewhere")
     parser.add_argument("--comment_propensity", default=",".join(map(str, COMMENT_PROPENSITY)),
@@ -210,11 +213,12 @@ def main():
     like_probability = tuple(float(v) for v in args.like_probability.split(","))
     comment_propensity = tuple(float(v) for v in args.comment_propensity.split(","))
     command = "python benchmarks/lsvcr_data_check.py" + "".join(
-        f" --{k}={getattr(args, k)}" for k in ("users", "videos", "seed", "like_probability", "comment_propensity")
+        f" --{k}={getattr(args, k)}"
+        for k in ("users", "videos", "seed", "cross_strength", "like_probability", "comment_propensity")
     ) + (" --publish" if args.publish else "")
     lines = [f"Produced by `{command}`."]
-    data = {label: generate(args.seed, args.users, args.videos, cross, like_probability=like_probability,
-                            comment_propensity=comment_propensity)
+    data = {label: generate(args.seed, args.users, args.videos, cross, args.cross_strength,
+                            like_probability=like_probability, comment_propensity=comment_propensity)
             for label, cross in (("cross-stream signal (default)", True), ("--no_cross_signal", False))}
     for task, evaluate in (("video", evaluate_videos), ("comment", evaluate_comments)):
         cutoffs = CUTOFFS[task]

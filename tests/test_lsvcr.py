@@ -491,13 +491,20 @@ def test_no_cross_signal_removes_the_coupling_between_the_streams():
         assert 0.85 < len(ablated[name]) / len(coupled[name]) < 1.15
 
 
-def test_liked_videos_follow_the_commented_topic_only_with_the_coupling():
-    """The comments -> videos signal the video task needs: liked videos that come after a commented topic
-    other than the last liked one mostly follow the commented topic, and not in the ablation."""
-    coupled = synthetic_kuaicomt.comment_followups(synthetic_kuaicomt.generate(seed=3, n_users=200))
-    assert coupled["differ"] > 0.1 and coupled["follow_comment"] > coupled["follow_video"] + 0.3
-    ablated = synthetic_kuaicomt.comment_followups(synthetic_kuaicomt.generate(seed=3, n_users=200, cross_signal=False))
-    assert ablated["follow_comment"] < 1 / len(synthetic_kuaicomt.TOPICS) + 0.05 < ablated["follow_video"]
+def test_each_stream_tells_the_other_task_s_next_item_only_with_the_coupling():
+    """comments -> videos: liked videos that come after a commented topic other than the last liked one
+    mostly follow the commented topic; videos -> comments: picked comments mention the last liked topic
+    more often than the comments on offer do. Neither holds in the ablation."""
+    coupled = synthetic_kuaicomt.generate(seed=3, n_users=200)
+    ablated = synthetic_kuaicomt.generate(seed=3, n_users=200, cross_signal=False)
+    follow = synthetic_kuaicomt.comment_followups(coupled)
+    assert follow["differ"] > 0.05 and follow["follow_comment"] > follow["follow_video"] + 0.3
+    follow = synthetic_kuaicomt.comment_followups(ablated)
+    assert follow["follow_comment"] < 1 / len(synthetic_kuaicomt.TOPICS) + 0.05 < follow["follow_video"]
+    mentions = synthetic_kuaicomt.liked_topic_mentions(coupled)
+    assert mentions["picked"] > mentions["available"] + 0.15
+    mentions = synthetic_kuaicomt.liked_topic_mentions(ablated)
+    assert abs(mentions["picked"] - mentions["available"]) < 0.03
 
 
 @pytest.mark.parametrize("name, task, baseline", [

@@ -4,8 +4,9 @@ The generative process (``shared/specs/lsvcr.md`` §6.7, with the cross-stream c
 
 * 12 topics, each with an English vocabulary; 4 comment styles (joking, praising, critical, asking),
   each with its own phrases. A video has a topic and a Zipf popularity; its caption is about six
-  words (70% topic, 30% common) plus ``#<topic>``. Its comments (5 + Poisson(12)) each have a style;
-  a comment has about five words (50% style, 30% the video's topic, 20% common) and a like count
+  words (70% topic, 30% common) plus ``#<topic>``. Its comments (5 + Poisson(12)) each have a style
+  and *mention* a topic (the video's own with p = 0.5, otherwise any topic: comments digress); a
+  comment has five words (three of its style, one of the mentioned topic, one common) and a like count
   that is log-normal times a style multiplier (popularity is informative, not decisive).
 * A user has a topic preference (Dirichlet(0.3)), a comment propensity (Beta(2, 3)) and a preferred
   comment style. The user watches 20 + Poisson(25) videos: the next topic repeats the previous
@@ -13,30 +14,34 @@ The generative process (``shared/specs/lsvcr.md`` §6.7, with the cross-stream c
   drawn by popularity^0.8 without repeats. A watched video is liked (a *video event* after conversion)
   with p = 0.4 on the user's main topic, 0.15 elsewhere. After a watch the user opens the comments
   with p = propensity and interacts with 1-3 comments, weighted by like_cnt^0.5 * exp(2 [style = the
-  preferred style]).
+  preferred style] + 2 [the comment mentions the favoured topic]).
 * Defaults: 600 users, 600 videos (50 per topic), about 10k comments and 24k events.
 
 Cross-stream signal (``cross_signal=True``, the default):
 
-* comments -> videos: with p = ``cross_strength`` the next topic is that of the most recent video
-  whose comments the user interacted with. Comments also happen on watched-but-not-liked videos,
-  which appear only in the comment stream, so the comment history carries topic information the video
-  history lacks. :func:`comment_followups` measures it: with the defaults, a fifth of the liked videos
-  come after a commented topic that differs from the last liked one, and those follow the commented
-  topic about twice as often as the liked one. The like rates and the propensity are set so that this
-  is measurable on 600 test users (``benchmarks/lsvcr_data_check.py``: count-based topic predictors
-  with and without the comment history); with likes at 0.6/0.3 and Beta(2, 5) comments, as first
-  written, the gain was not significant.
-* videos -> comments: the preferred comment style is a fixed function of the user's main topic
-  (topic mod 4) with p = 0.8, so the video history predicts which comments the user picks even when
-  the comment history is short or empty.
+* comments -> videos: with p = ``cross_strength`` (0.4) the next topic is that of the most recent
+  video whose comments the user interacted with. Comments also happen on watched-but-not-liked
+  videos, which appear only in the comment stream, so the comment history carries topic information
+  the video history lacks. :func:`comment_followups` measures it: with the defaults, 12% of the liked
+  videos come after a commented topic that differs from the last liked one, and 78% of those follow
+  the commented topic (15% the last liked one).
+* videos -> comments: the favoured topic is that of the user's most recently liked video, and the
+  preferred comment style is a fixed function of the user's main topic (topic mod 4) with p = 0.8,
+  so the video history tells which comments the user picks beyond what their own comments show.
+
+The like rates, the propensity and ``cross_strength`` are set so that both signals are measurable on
+600 test users: ``benchmarks/lsvcr_data_check.py`` fits count-based predictors with and without the
+other stream's history (``docs/results/lsvcr-data-check.md``). With the first settings (likes
+0.6/0.3, Beta(2, 5) comments, 1,500 videos, ``cross_strength`` 0.3) the comment history's gain for the
+next liked video was not significant.
 
 ``cross_signal=False`` (the ablation) makes each stream carry no signal for the other task and keeps
 the catalogue (videos, comments, texts, like counts) identical: topics never follow comments; the
-preferred style is drawn independently of the topics; and the user comments not on the video just
-watched but on a video drawn (by popularity^0.8) from a second, independent topic preference
-(Dirichlet(0.3)), so the comment history says nothing about the videos the user likes and the video
-history nothing about the comments. The amounts of video and comment events stay as they were.
+preferred style is drawn independently of the topics and the favoured topic, per comment event, from
+a second, independent topic preference (Dirichlet(0.3)); and the user comments not on the video just
+watched but on a video drawn (by popularity^0.8) from that second preference, so the comment history
+says nothing about the videos the user likes and the video history nothing about the comments. The
+amounts of video and comment events stay as they were.
 
     python -m recbole_ext.data.synthetic_kuaicomt --output=raw/ [--seed=0] [--users=600] [--no_cross_signal]
 """
@@ -87,7 +92,7 @@ def _words(rng, parts):
     return " ".join(words)
 
 
-def generate(seed=0, n_users=600, n_videos=600, cross_signal=True, cross_strength=0.3,
+def generate(seed=0, n_users=600, n_videos=600, cross_signal=True, cross_strength=0.4,
              like_probability=LIKE_PROBABILITY, comment_propensity=COMMENT_PROPENSITY):
     """The five KuaiComt tables as DataFrames: {file name: frame}."""
     rng = np.random.default_rng(seed)
@@ -119,11 +124,13 @@ def generate(seed=0, n_users=600, n_videos=600, cross_signal=True, cross_strengt
         ids = []
         for style, like in zip(styles, likes):
             cid = len(comment_rows) + 1
-            text = _words(rng, [(style_vocab[style], 3), (topic_vocab[video_topic[v]], 1), (COMMON, 1)])
-            comment_rows.append((cid, text, v + 1, like, int(rng.poisson(1)), int(like * 3 + 10), style))
+            mention = video_topic[v] if rng.random() < 0.5 else int(rng.integers(n_topics))  # half digress
+            text = _words(rng, [(style_vocab[style], 3), (topic_vocab[mention], 1), (COMMON, 1)])
+            comment_rows.append((cid, text, v + 1, like, int(rng.poisson(1)), int(like * 3 + 10), style, mention))
             ids.append(cid)
         comments_of.append(np.array(ids))
     comment_style = np.array([r[6] for r in comment_rows])
+    comment_mention = np.array([r[7] for r in comment_rows])
     comment_likes = np.array([r[3] for r in comment_rows], dtype=float)
     comments = pd.DataFrame({
         "comment_id": [r[0] for r in comment_rows],
@@ -146,7 +153,7 @@ def generate(seed=0, n_users=600, n_videos=600, cross_signal=True, cross_strengt
         else:
             preferred_style = int(rng.integers(n_styles))
         time_ms = START_MS + int(rng.uniform(0, 30 * 86_400_000))
-        seen, topic, commented_topic = set(), None, None
+        seen, topic, commented_topic, liked_topic = set(), None, None, None
         for _ in range(20 + rng.poisson(25)):
             draw = rng.random()
             if topic is not None and draw < 0.5:
@@ -164,6 +171,8 @@ def generate(seed=0, n_users=600, n_videos=600, cross_signal=True, cross_strengt
             time_ms += int(rng.exponential(60_000)) + 1000
             liked = rng.random() < like_probability[int(topic != main_topic)]
             video_rows.append((u, v + 1, time_ms, int(liked), int(rng.random() < 0.5)))
+            if liked:
+                liked_topic = topic
             if rng.random() < propensity:
                 if comment_theta is not None:  # the ablation: a video unrelated to the watched ones
                     pool = videos_of_topic[int(rng.choice(n_topics, p=comment_theta))]
@@ -171,7 +180,9 @@ def generate(seed=0, n_users=600, n_videos=600, cross_signal=True, cross_strengt
                     v = int(rng.choice(pool, p=weight / weight.sum())) if len(pool) else v
                 ids = comments_of[v]
                 k = min(len(ids), 1 + min(rng.poisson(0.5), 2))
-                weight = np.sqrt(comment_likes[ids - 1]) * np.exp(2.0 * (comment_style[ids - 1] == preferred_style))
+                favoured = liked_topic if comment_theta is None else int(rng.choice(n_topics, p=comment_theta))
+                weight = np.sqrt(comment_likes[ids - 1]) * np.exp(
+                    2.0 * (comment_style[ids - 1] == preferred_style) + 2.0 * (comment_mention[ids - 1] == favoured))
                 weight = weight + 1e-6
                 chosen = rng.choice(ids, size=k, replace=False, p=weight / weight.sum())
                 offsets = np.sort(rng.uniform(1, 30, size=k))
@@ -222,6 +233,40 @@ def event_topics(tables):
     return frame.sort_values(["user", "time"], kind="stable").reset_index(drop=True)
 
 
+def comment_traits(comments):
+    """{comment id: (style index, mentioned topic)}, read back from the comment's words (the style and
+    topic vocabularies do not overlap)."""
+    styles = [set(words.split()) for words in STYLES.values()]
+    topics = [set(words.split()) for words in TOPICS.values()]
+    traits = {}
+    for cid, text in zip(comments["comment_id"], comments["comment_content"]):
+        words = set(text.split())
+        traits[cid] = (int(np.argmax([len(words & v) for v in styles])),
+                       list(TOPICS)[int(np.argmax([len(words & v) for v in topics]))])
+    return traits
+
+
+def liked_topic_mentions(tables):
+    """The videos -> comments signal: the share of picked comments that mention the topic of the user's
+    most recently liked video, and the same share among all comments of the videos they were picked on
+    (what picking at random would give)."""
+    traits = comment_traits(tables["comment_features.csv"])
+    mentions_of_video = {}
+    for cid, video in zip(tables["comment_features.csv"]["comment_id"], tables["comment_features.csv"]["video_id"]):
+        mentions_of_video.setdefault(video, []).append(traits[cid][1])
+    picked = available = rows = 0
+    for _, events in event_topics(tables).groupby("user"):
+        last_liked = None
+        for kind, item, video, topic in zip(events["kind"], events["item"], events["video"], events["topic"]):
+            if kind == "v":
+                last_liked = topic
+            elif last_liked is not None:
+                rows += 1
+                picked += traits[item][1] == last_liked
+                available += np.mean([m == last_liked for m in mentions_of_video[video]])
+    return {"picked": picked / max(rows, 1), "available": available / max(rows, 1)}
+
+
 def comment_followups(tables):
     """The comments -> videos signal, counted over liked videos: ``differ`` is the share of liked videos
     (after a user's first) whose last commented topic before them differs from the last liked topic;
@@ -245,7 +290,7 @@ def comment_followups(tables):
             "follow_video": follow_video / max(differ, 1)}
 
 
-def write(output_dir, seed=0, n_users=600, n_videos=600, cross_signal=True, cross_strength=0.3, overwrite=False):
+def write(output_dir, seed=0, n_users=600, n_videos=600, cross_signal=True, cross_strength=0.4, overwrite=False):
     """Write the CSVs into ``output_dir`` (created complete, via a temporary folder)."""
     if os.path.exists(output_dir) and not overwrite:
         raise FileExistsError(f"'{output_dir}' exists; pass --overwrite to replace it.")
@@ -262,7 +307,7 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--users", type=int, default=600)
     parser.add_argument("--videos", type=int, default=600)
-    parser.add_argument("--cross_strength", type=float, default=0.3)
+    parser.add_argument("--cross_strength", type=float, default=0.4)
     parser.add_argument("--no_cross_signal", action="store_true", help="ablation: no cross-stream coupling")
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args(argv)
