@@ -497,13 +497,16 @@ def _load_per_user(output_dir, record):
         return json.load(f)
 
 
-def _keyed_values(per_user, metric):
-    """(row keys, values) of one run sorted by row key; keys None for files written before the rows were."""
-    values = per_user[metric]
-    if ROWS_KEY not in per_user:
-        return None, values
-    pairs = sorted(zip(per_user[ROWS_KEY], values))
-    return [key for key, _ in pairs], [value for _, value in pairs]
+def _row_values(per_users, metric):
+    """Each run's per-row values, in one row order: sorted by row key when every file has the keys, else
+    (files written before the keys were) each file's evaluation order. None when the runs' rows differ."""
+    if all(ROWS_KEY in per_user for per_user in per_users):
+        keyed = [sorted(zip(per_user[ROWS_KEY], per_user[metric])) for per_user in per_users]
+        if any([key for key, _ in pairs] != [key for key, _ in keyed[0]] for pairs in keyed):
+            return None
+        return [[value for _, value in pairs] for pairs in keyed]
+    values = [per_user[metric] for per_user in per_users]
+    return values if len({len(v) for v in values}) == 1 else None
 
 
 def _paired_p_value(output_dir, runs, baseline_runs, metric):
@@ -514,17 +517,13 @@ def _paired_p_value(output_dir, runs, baseline_runs, metric):
     seeds = sorted({r["seed"] for r in runs} & {r["seed"] for r in baseline_runs})
     if not seeds:
         return None
-    keyed = [_keyed_values(_load_per_user(output_dir, r), metric)
-             for r in (*runs, *baseline_runs) if r["seed"] in seeds]
-    keys = [k for k, _ in keyed]
-    if any(k is None for k in keys):  # older files: rows in the evaluation's order
-        if len({len(values) for _, values in keyed}) != 1:
-            return None
-    elif any(k != keys[0] for k in keys):
+    values = _row_values([_load_per_user(output_dir, r) for r in (*runs, *baseline_runs) if r["seed"] in seeds],
+                         metric)
+    if values is None:
         return None
     n_runs = len([r for r in runs if r["seed"] in seeds])
-    a = [statistics.mean(row) for row in zip(*(values for _, values in keyed[:n_runs]))]
-    b = [statistics.mean(row) for row in zip(*(values for _, values in keyed[n_runs:]))]
+    a = [statistics.mean(row) for row in zip(*values[:n_runs])]
+    b = [statistics.mean(row) for row in zip(*values[n_runs:])]
     if a == b:
         return None
     return float(stats.ttest_rel(a, b).pvalue)

@@ -364,6 +364,16 @@ def test_paired_test_pairs_rows_by_user_and_item_in_any_protocol(tiny_config, tm
     path.write_text(json.dumps(reordered))
     assert _paired_p_value(str(out), [uni], [full], "ndcg@10") == pytest.approx(p_value)
 
+    # a file written before the keys existed lists its rows in the evaluation's order, like the keyed file
+    # of a run of the same protocol: paired by position, never after sorting only one of them by key
+    rows = per_user["SASRec"]["rows"]
+    assert rows != sorted(rows)  # sorting one side would misalign the pairs
+    shifted = [v + 0.1 * (i % 3) for i, v in enumerate(per_user["SASRec"]["ndcg@10"])]
+    path.write_text(json.dumps({"ndcg@10": shifted, "rows": rows}))
+    keyed_p = _paired_p_value(str(out), [uni], [full], "ndcg@10")
+    path.write_text(json.dumps({"ndcg@10": shifted}))
+    assert _paired_p_value(str(out), [uni], [full], "ndcg@10") == pytest.approx(keyed_p)
+
     other_rows = dict(reordered, rows=[row + "0" for row in reordered["rows"]])
     path.write_text(json.dumps(other_rows))
     assert _paired_p_value(str(out), [uni], [full], "ndcg@10") is None
