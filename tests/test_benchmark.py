@@ -1,5 +1,6 @@
 """The benchmark harness on a tiny two-model, two-seed benchmark."""
 
+import importlib.util
 import json
 import os
 import sys
@@ -19,6 +20,7 @@ from recbole_ext.benchmark import (
     save_summary,
 )
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECORD_FIELDS = {"model", "dataset", "seed", "valid", "test", "epoch_seconds", "epochs", "best_epoch",
                  "params", "eval_seconds", "denormals_flushed", "command", "checkpoint", "valid_metric", "curve"}
 
@@ -388,3 +390,23 @@ def test_a_script_summary_publishes_to_a_new_page(tmp_path):
     publish(str(out), "some-check", publish_dir=str(docs))
     assert (docs / "some-check.md").read_text() == (
         "# some-check\n\n" + PUBLISH_MARKER + "\nProduced by `python benchmarks/some_check.py`.\n\n| a | b |\n")
+
+
+def test_rows_by_frequency_counts_the_previous_item_in_the_training_part(tmp_path):
+    spec = importlib.util.spec_from_file_location("rows_by_frequency", os.path.join(REPO, "benchmarks", "rows_by_frequency.py"))
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    inter = tmp_path / "d.inter"
+    events = [("u2", "c", 1), ("u1", "a", 1), ("u1", "b", 2), ("u2", "a", 2), ("u1", "c", 3), ("u2", "b", 3),
+              ("u1", "d", 4), ("u3", "c", 9), ("u3", "b", 1), ("u3", "b", 2), ("u3", "a", 10)]
+    inter.write_text("user_id:token\titem_id:token\ttimestamp:float\n" + "".join(f"{u}\t{i}\t{t}\n" for u, i, t in events))
+    sequences = script.read_sequences(str(inter))
+    assert list(sequences) == ["u2", "u1", "u3"] and sequences["u3"] == ["b", "b", "c", "a"]
+    # training parts: u1 a b, u2 c, u3 b b -> previous items c (1 occurrence), a (1), c (1)
+    assert script.row_frequencies(sequences) == {("u1", "d"): 1, ("u2", "b"): 1, ("u3", "a"): 1}
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "per_user.json").write_text(json.dumps({"ndcg@10": [0.1, 0.2, 0.3]}))  # no keys: RecBole's user order
+    assert script.run_rows(str(run), "ndcg@10", sequences) == {("u2", "b"): 0.1, ("u1", "d"): 0.2, ("u3", "a"): 0.3}
+    (run / "per_user.json").write_text(json.dumps({"ndcg@10": [0.3, 0.1], "rows": ["u3\ta", "u2\tb"]}))
+    assert script.run_rows(str(run), "ndcg@10", sequences) == {("u3", "a"): 0.3, ("u2", "b"): 0.1}
