@@ -65,7 +65,7 @@ def liked_rows(events, topics):
     return per_user
 
 
-def fit(per_user, n_topics, n_videos, video_topic):
+def fit_video_counts(per_user, n_topics, n_videos, video_topic):
     """Transition counts (add-one) and each video's share of its topic's likes, from the training rows."""
     by_video = np.ones((n_topics + 1, n_topics))
     by_both = np.ones((n_topics + 1, n_topics + 1, n_topics))
@@ -85,7 +85,7 @@ def _ndcg(rank, cutoffs):
     return [1 / np.log2(rank + 2) if rank < k else 0.0 for k in cutoffs]
 
 
-def ndcg(per_user, model, video_topic, row, comments, a, b):
+def video_ndcg(per_user, model, video_topic, row, use_comments, a, b):
     """Per-user video-task NDCG of one row (-1 test, -2 validation): [users, len(cutoffs)]."""
     by_video, by_both, share = model
     out = []
@@ -94,7 +94,7 @@ def ndcg(per_user, model, video_topic, row, comments, a, b):
             continue
         (last_video, last_comment, liked, commented, seen), target, _ = rows[row]
         h_v = (liked + 0.1) / (liked + 0.1).sum()
-        if comments:
+        if use_comments:
             h_c = (commented + 0.1) / (commented + 0.1).sum()
             topic_p = a * by_both[last_video, last_comment] + (1 - a) * ((1 - b) * h_v + b * h_c)
         else:
@@ -111,13 +111,13 @@ def evaluate_videos(tables):
     topics = sorted(videos["category"].unique())
     video_topic = np.r_[0, videos.sort_values("video_id")["category"].map(topics.index).to_numpy()]
     per_user = liked_rows(event_topics(tables), topics)
-    model = fit(per_user, len(topics), len(videos), video_topic)
+    model = fit_video_counts(per_user, len(topics), len(videos), video_topic)
     result = {}
-    for name, comments, grid in (("video history only", False, [(a, 0.0) for a in (0.2, 0.4, 0.6, 0.8)]),
+    for name, use_comments, grid in (("video history only", False, [(a, 0.0) for a in (0.2, 0.4, 0.6, 0.8)]),
                                  ("video + comment history", True,
                                   [(a, b) for a in (0.2, 0.4, 0.6, 0.8) for b in (0.0, 0.3, 0.6)])):
-        a, b = max(grid, key=lambda ab: ndcg(per_user, model, video_topic, -2, comments, *ab)[:, 0].mean())
-        result[name] = ndcg(per_user, model, video_topic, -1, comments, a, b)
+        a, b = max(grid, key=lambda ab: video_ndcg(per_user, model, video_topic, -2, use_comments, *ab)[:, 0].mean())
+        result[name] = video_ndcg(per_user, model, video_topic, -1, use_comments, a, b)
     return result
 
 

@@ -393,13 +393,15 @@ def test_a_script_summary_publishes_to_a_new_page(tmp_path):
 
 
 def test_rows_by_frequency_counts_the_previous_item_in_the_training_part(tmp_path):
-    spec = importlib.util.spec_from_file_location("rows_by_frequency", os.path.join(REPO, "benchmarks", "rows_by_frequency.py"))
+    path = os.path.join(REPO, "benchmarks", "rows_by_frequency.py")
+    spec = importlib.util.spec_from_file_location("rows_by_frequency", path)
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
     inter = tmp_path / "d.inter"
     events = [("u2", "c", 1), ("u1", "a", 1), ("u1", "b", 2), ("u2", "a", 2), ("u1", "c", 3), ("u2", "b", 3),
               ("u1", "d", 4), ("u3", "c", 9), ("u3", "b", 1), ("u3", "b", 2), ("u3", "a", 10)]
-    inter.write_text("user_id:token\titem_id:token\ttimestamp:float\n" + "".join(f"{u}\t{i}\t{t}\n" for u, i, t in events))
+    inter.write_text("user_id:token\titem_id:token\ttimestamp:float\n"
+                     + "".join(f"{u}\t{i}\t{t}\n" for u, i, t in events))
     sequences = script.read_sequences(str(inter))
     assert list(sequences) == ["u2", "u1", "u3"] and sequences["u3"] == ["b", "b", "c", "a"]
     # training parts: u1 a b, u2 c, u3 b b -> previous items c (1 occurrence), a (1), c (1)
