@@ -290,15 +290,19 @@ def comment_followups(tables):
             "follow_video": follow_video / max(differ, 1)}
 
 
-def write(output_dir, seed=0, n_users=600, n_videos=600, cross_signal=True, cross_strength=0.4, overwrite=False):
-    """Write the CSVs into ``output_dir`` (created complete, via a temporary folder)."""
+def write_tables(output_dir, tables, overwrite=False):
+    """Write generated ``tables`` as CSVs into ``output_dir`` (created complete, via a temporary folder)."""
     if os.path.exists(output_dir) and not overwrite:
         raise FileExistsError(f"'{output_dir}' exists; pass --overwrite to replace it.")
-    tables = generate(seed, n_users, n_videos, cross_signal, cross_strength)
     with staged_folder(output_dir) as tmp:
         for name, frame in tables.items():
             frame.to_csv(os.path.join(tmp, name), index=False)
     return output_dir
+
+
+def write(output_dir, seed=0, n_users=600, n_videos=600, cross_signal=True, cross_strength=0.4, overwrite=False):
+    """Generate the data and write its CSVs into ``output_dir``."""
+    return write_tables(output_dir, generate(seed, n_users, n_videos, cross_signal, cross_strength), overwrite)
 
 
 def main(argv=None):
@@ -311,10 +315,8 @@ def main(argv=None):
     parser.add_argument("--no_cross_signal", action="store_true", help="ablation: no cross-stream coupling")
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args(argv)
-    path = write(args.output, args.seed, args.users, args.videos, not args.no_cross_signal,
-                 args.cross_strength, args.overwrite)
-    tables = {name: pd.read_csv(os.path.join(path, name)) for name in ("user_video_inter.csv",
-                                                                       "user_comment_inter.csv", "video_features.csv")}
+    tables = generate(args.seed, args.users, args.videos, not args.no_cross_signal, args.cross_strength)
+    path = write_tables(args.output, tables, args.overwrite)
     stats = comment_followups(tables)
     print(f"Wrote {path}. Liked videos after a commented topic other than the last liked one: {stats['differ']:.0%}; "
           f"of those, on the commented topic {stats['follow_comment']:.0%}, on the last liked topic "
