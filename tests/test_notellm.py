@@ -459,7 +459,7 @@ def test_frozen_encoder_baseline_ranks_by_cosine_and_masks_the_whole_history(tin
     assert (model.predict(interaction) == torch.finfo(scores.dtype).min).all()
 
 
-def test_benchmark_probe_reports_category_accuracy_and_speed(note_config):
+def test_benchmark_probe_reports_speed_and_category_accuracy_where_items_have_one(note_config):
     _, model, _, _ = _build(note_config, probe_items=5)
     model.train()
     probe = model.benchmark_probe()
@@ -469,3 +469,5 @@ def test_benchmark_probe_reports_category_accuracy_and_speed(note_config):
     expected = max(categories.count(c) for c in categories) / len(categories)
     assert probe["category_majority_share"] == pytest.approx(expected)
     assert model.training  # the probe restores the mode it found
+    _, no_categories, _, _ = _build(note_config, probe_items=5, category_field=None, alpha=0)
+    assert set(no_categories.benchmark_probe()) == {"items_embedded_per_second"}  # no nan category rows
