@@ -39,6 +39,7 @@ import argparse
 import importlib.resources
 import inspect
 import json
+import math
 import os
 import shlex
 import statistics
@@ -595,6 +596,8 @@ def _probe_table(by_model):
         for key in (probed[0]["after"] if probed else {}):
             before = statistics.mean(p["before"][key] for p in probed)
             after = statistics.mean(p["after"][key] for p in probed)
+            if math.isnan(before) and math.isnan(after):  # the model had nothing to measure (older records)
+                continue
             rows.append(f"| {m} | {key} | {before:.4g} | {after:.4g} |")
     if not rows:
         return []

@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import math
 import os
 import sys
 
@@ -125,8 +126,8 @@ def test_summary_lists_model_probes(tmp_path):
 
     def record(model, seed, accuracy):
         return {"model": model, "seed": seed, "status": "ok", "test": {"ndcg@10": 0.1}, "epoch_seconds": 1.0,
-                "epochs": 1, "params": 1, "probe": {"before": {"category_accuracy": 0.0},
-                                                    "after": {"category_accuracy": accuracy}}}
+                "epochs": 1, "params": 1, "probe": {"before": {"category_accuracy": 0.0, "unmeasured": math.nan},
+                                                    "after": {"category_accuracy": accuracy, "unmeasured": math.nan}}}
 
     records = [record("NoteLLM", 1, 0.5), record("NoteLLM", 2, 0.7)]
     for r in records:  # per-user files are only needed for the t-test against another model
@@ -134,6 +135,7 @@ def test_summary_lists_model_probes(tmp_path):
     write_summary(records, ["NoteLLM"], str(tmp_path))
     summary = (tmp_path / "summary.md").read_text()
     assert "| NoteLLM | category_accuracy | 0 | 0.6 |" in summary
+    assert "unmeasured" not in summary  # a probe that was never a number is left out, not printed as nan
     assert "| 1.0 ± 0.0 (1.00x) |" in summary  # epoch-time ratio to the baseline
 
     for r in records:  # a baseline that trains nothing (0.0 s/epoch) gets no epoch-time ratio
