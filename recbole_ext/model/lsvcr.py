@@ -224,7 +224,7 @@ class LSVCR(SequentialRecommender):
         * ``L_idtext`` draws its ``contrast_neg_num`` negatives per entry uniformly with replacement,
           shared by blocks of 256 consecutive entries, a draw of the entry itself left out (the code
           takes a top-k of an N x N random matrix, infeasible for large batches; shared draws make the
-          loss one matrix product, 2-3x faster training on a CPU).
+          loss one matrix product, a training step about 1.5x faster on a CPU).
         * Histories are rebuilt from one interleaved RecBole sequence (``MAX_ITEM_LIST_LENGTH`` events)
           instead of two separately stored lists; an empty stream gets one learned ``[EMPTY]`` entry.
         * Evaluation is RecBole's full ranking (all videos; all comments of the current video), not the

@@ -42,8 +42,8 @@ def sampled_info_nce(queries, keys, num_negatives, logit_scale, group_size=256):
     with replacement; a draw of the row's own key is left out of its negatives.
 
     queries, keys [N, d]. Why groups: ``group_size`` consecutive queries share their draws, so the
-    negative logits are one batched matrix product instead of an [N, k, d] gather (2-3x faster on a
-    CPU for LSVCR's history entries). Each query's own negatives are still independent uniform draws,
+    negative logits are one batched matrix product instead of an [N, k, d] gather (LSVCR: a training
+    step 6.6 -> 4.4 s on a loaded CPU). Each query's own negatives are still independent uniform draws,
     so its expected loss is that of per-query sampling; only draws of different queries correlate.
     """
     n, dim = queries.shape
