@@ -499,35 +499,40 @@ def _load_per_user(output_dir, record):
 
 
 def _row_values(per_users, metric):
-    """Each run's per-row values, in one row order: sorted by row key when every file has the keys, else
-    (files written before the keys were) each file's evaluation order. None when the runs' rows differ."""
+    """Each run's per-row values on the rows every run evaluated, in one row order, and the largest row
+    count of a run. Files with row keys pair on the keys they share (a model that tests a few more users
+    than its baseline still pairs on the common ones); files written before the keys existed pair by
+    evaluation order, and only when every run has as many rows. (None, largest) when nothing pairs."""
+    largest = max(len(per_user[metric]) for per_user in per_users)
     if all(ROWS_KEY in per_user for per_user in per_users):
-        keyed = [sorted(zip(per_user[ROWS_KEY], per_user[metric])) for per_user in per_users]
-        if any([key for key, _ in pairs] != [key for key, _ in keyed[0]] for pairs in keyed):
-            return None
-        return [[value for _, value in pairs] for pairs in keyed]
+        keyed = [dict(zip(per_user[ROWS_KEY], per_user[metric])) for per_user in per_users]
+        if any(len(values) != len(per_user[metric]) for values, per_user in zip(keyed, per_users)):
+            return None, largest  # a key listed twice names no single row to pair
+        shared = sorted(set.intersection(*(set(values) for values in keyed)))
+        return ([[values[key] for key in shared] for values in keyed] if shared else None), largest
     values = [per_user[metric] for per_user in per_users]
-    return values if len({len(v) for v in values}) == 1 else None
+    return (values if len({len(v) for v in values}) == 1 else None), largest
 
 
 def _paired_p_value(output_dir, runs, baseline_runs, metric):
-    """Paired t-test over the test rows (users) on the per-user metric averaged over the seeds both
-    share; None (n/a) unless every run evaluated the same rows."""
+    """Paired t-test over the test rows (users) all runs share, on the per-user metric averaged over the
+    seeds both models share: ``(p, rows paired, largest row count of a run)``; p is None (n/a) when no
+    rows pair or the two sides are identical."""
     from scipy import stats
 
     seeds = sorted({r["seed"] for r in runs} & {r["seed"] for r in baseline_runs})
     if not seeds:
-        return None
-    values = _row_values([_load_per_user(output_dir, r) for r in (*runs, *baseline_runs) if r["seed"] in seeds],
-                         metric)
+        return None, 0, 0
+    values, largest = _row_values([_load_per_user(output_dir, r) for r in (*runs, *baseline_runs)
+                                   if r["seed"] in seeds], metric)
     if values is None:
-        return None
+        return None, 0, largest
     n_runs = len([r for r in runs if r["seed"] in seeds])
     a = [statistics.mean(row) for row in zip(*values[:n_runs])]
     b = [statistics.mean(row) for row in zip(*values[n_runs:])]
     if a == b:
-        return None
-    return float(stats.ttest_rel(a, b).pvalue)
+        return None, len(a), largest
+    return float(stats.ttest_rel(a, b).pvalue), len(a), largest
 
 
 def write_summary(records, models, output_dir):
@@ -563,12 +568,17 @@ def write_summary(records, models, output_dir):
             cells.append(str(runs[0]["params"]))
             lines.append("| " + " | ".join(cells) + " |")
         lines += ["", f"Ratios (in parentheses) are to the baseline {baseline}. Paired two-sided t-test "
-                  f"(scipy.stats.ttest_rel) against {baseline} over test users, on each user's metric "
-                  "averaged over the shared seeds (n/a: the runs were tested on different rows):", ""]
-        lines += ["| model | " + " | ".join(f"p {k}" for k in metrics) + " |", "|" + "---|" * (len(metrics) + 1)]
+                  f"(scipy.stats.ttest_rel) against {baseline} over the test rows (users) every run of both "
+                  "models evaluated, on each row's metric averaged over the shared seeds (rows paired: "
+                  "their number, and of how many when a run tested more; n/a: no rows pair):", ""]
+        lines += ["| model | " + " | ".join(f"p {k}" for k in metrics) + " | rows paired |",
+                  "|" + "---|" * (len(metrics) + 2)]
         for m in models[1:]:
-            pvalues = [_paired_p_value(output_dir, by_model[m], by_model[baseline], k) for k in metrics]
-            lines.append(f"| {m} | " + " | ".join("n/a" if p is None else f"{p:.2g}" for p in pvalues) + " |")
+            tests = [_paired_p_value(output_dir, by_model[m], by_model[baseline], k) for k in metrics]
+            _, paired, largest = tests[0]
+            rows = f"{paired}" if paired == largest else f"{paired} of {largest}"
+            lines.append(f"| {m} | " + " | ".join("n/a" if p is None else f"{p:.2g}" for p, _, _ in tests)
+                         + f" | {rows} |")
         lines += _probe_table(by_model)
         for mode in sorted({mode for r in ok for mode in r.get("test_modes", {})}):
             lines += ["", f"Test in eval mode `{mode}` (the same best checkpoints):", ""]

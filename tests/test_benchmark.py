@@ -341,7 +341,8 @@ def test_a_resume_file_of_another_spec_is_ignored(tiny_config, tmp_path, monkeyp
 
 def test_paired_test_pairs_rows_by_user_and_item_in_any_protocol(tiny_config, tmp_path):
     """Full ranking and sampled (uni100) evaluation key the same test rows, so the t-test pairs them; a run
-    with its rows in another order gets the same p-value, and runs tested on other rows get none (n/a)."""
+    with its rows in another order gets the same p-value; a run that tests a few extra rows pairs on the
+    shared ones, and the summary says how many; runs tested on other rows get none (n/a)."""
     from recbole_ext.benchmark import _paired_p_value
 
     shared = {k: v for k, v in tiny_config.items() if k not in ("seed", "checkpoint_dir", "state")}
@@ -360,13 +361,22 @@ def test_paired_test_pairs_rows_by_user_and_item_in_any_protocol(tiny_config, tm
     assert sorted(per_user["SASRec"]["rows"]) == sorted(per_user["SASRec-uni100"]["rows"])
     assert per_user["SASRec-uni100"]["ndcg@10"] != per_user["SASRec"]["ndcg@10"]
     full, uni = records
-    p_value = _paired_p_value(str(out), [uni], [full], "ndcg@10")
-    assert p_value is not None and 0 <= p_value <= 1
+    n_rows = len(per_user["SASRec"]["rows"])
+    p_value, paired, largest = _paired_p_value(str(out), [uni], [full], "ndcg@10")
+    assert 0 <= p_value <= 1 and paired == largest == n_rows
 
     path = out / "runs" / "SASRec-uni100-seed1" / "per_user.json"
     reordered = {k: list(reversed(v)) for k, v in per_user["SASRec-uni100"].items()}
     path.write_text(json.dumps(reordered))
-    assert _paired_p_value(str(out), [uni], [full], "ndcg@10") == pytest.approx(p_value)
+    assert _paired_p_value(str(out), [uni], [full], "ndcg@10") == (pytest.approx(p_value), n_rows, n_rows)
+
+    # two extra rows (users the baseline could not test) change neither the pairs nor the p-value
+    extra = {"ndcg@10": reordered["ndcg@10"] + [1.0, 1.0], "recall@10": reordered["recall@10"] + [1.0, 1.0],
+             "rows": reordered["rows"] + ["new-user-1\t7", "new-user-2\t8"]}
+    path.write_text(json.dumps(extra))
+    assert _paired_p_value(str(out), [uni], [full], "ndcg@10") == (pytest.approx(p_value), n_rows, n_rows + 2)
+    main([f"--benchmark={bench_file}", f"--output_dir={out}", "--summary_only"])
+    assert f" | {n_rows} of {n_rows + 2} |" in (out / "summary.md").read_text()
 
     # a file written before the keys existed lists its rows in the evaluation's order, like the keyed file
     # of a run of the same protocol: paired by position, never after sorting only one of them by key
@@ -374,16 +384,16 @@ def test_paired_test_pairs_rows_by_user_and_item_in_any_protocol(tiny_config, tm
     assert rows != sorted(rows)  # sorting one side would misalign the pairs
     shifted = [v + 0.1 * (i % 3) for i, v in enumerate(per_user["SASRec"]["ndcg@10"])]
     path.write_text(json.dumps({"ndcg@10": shifted, "rows": rows}))
-    keyed_p = _paired_p_value(str(out), [uni], [full], "ndcg@10")
+    keyed_p, _, _ = _paired_p_value(str(out), [uni], [full], "ndcg@10")
     path.write_text(json.dumps({"ndcg@10": shifted}))
-    assert _paired_p_value(str(out), [uni], [full], "ndcg@10") == pytest.approx(keyed_p)
+    assert _paired_p_value(str(out), [uni], [full], "ndcg@10")[0] == pytest.approx(keyed_p)
 
     other_rows = dict(reordered, rows=[row + "0" for row in reordered["rows"]])
     path.write_text(json.dumps(other_rows))
-    assert _paired_p_value(str(out), [uni], [full], "ndcg@10") is None
+    assert _paired_p_value(str(out), [uni], [full], "ndcg@10") == (None, 0, n_rows)
     main([f"--benchmark={bench_file}", f"--output_dir={out}", "--summary_only"])
     summary = (out / "summary.md").read_text()
-    assert "| SASRec-uni100 | n/a | n/a |" in summary and "tested on different rows" in summary
+    assert f"| SASRec-uni100 | n/a | n/a | 0 of {n_rows} |" in summary and "n/a: no rows pair" in summary
 
 
 def test_a_script_summary_publishes_to_a_new_page(tmp_path):
