@@ -570,7 +570,8 @@ def write_summary(records, models, output_dir):
         lines += ["", f"Ratios (in parentheses) are to the baseline {baseline}. Paired two-sided t-test "
                   f"(scipy.stats.ttest_rel) against {baseline} over the test rows (users) every run of both "
                   "models evaluated, on each row's metric averaged over the shared seeds (rows paired: "
-                  "their number, and of how many when a run tested more; n/a: no rows pair, or both sides are equal):", ""]
+                  "their number, and of how many when a run tested more; n/a: no rows pair, or both sides "
+                  "are equal):", ""]
         lines += ["| model | " + " | ".join(f"p {k}" for k in metrics) + " | rows paired |",
                   "|" + "---|" * (len(metrics) + 2)]
         for m in models[1:]:
