@@ -9,6 +9,8 @@ with ``dataset``, ``models`` (the first is the baseline), ``seeds``, a shared Re
 optional per-model ``model_config``; other ``--key=value`` flags override the config of every run.
 ``extra_test_modes: [uni100]`` also evaluates each run's best checkpoint on the test split in those
 RecBole eval modes (one training, several test protocols; e.g. full ranking plus sampled).
+``comparisons: [[NoteLLM2-no-mICL, NoteLLM2]]`` adds the summary's paired t-test between those pairs too
+(an ablation against the full model, beside every model against the baseline).
 A ``models`` entry may be a variant label whose ``model_config`` names the RecBole model, e.g.
 ``TedRec-fast: {model: TedRec, adaptor_dropout_scope: item}``. A config value ``run:<label>`` is the best
 checkpoint of that label's run with the same seed (the label must come earlier in ``models``), so a
@@ -75,6 +77,12 @@ def load_benchmark(path_or_name):
         raise ValueError(f"Benchmark config '{path_or_name}' lacks {missing}.")
     bench.setdefault("config", {})
     bench.setdefault("model_config", {})
+    bench.setdefault("comparisons", [])
+    bad = [pair for pair in bench["comparisons"]
+           if not isinstance(pair, list) or len(pair) != 2 or not set(pair) <= set(bench["models"])]
+    if bad:
+        raise ValueError(f"Benchmark config '{path_or_name}': comparisons must be [model, reference] pairs of "
+                         f"its models ({', '.join(bench['models'])}); not {bad}.")
     bench["name"] = os.path.splitext(os.path.basename(path_or_name))[0]
     return bench
 
@@ -196,7 +204,7 @@ def run_benchmark(benchmark, models=None, seeds=None, output_dir=None, overrides
         records.append(record)
     with open(os.path.join(output_dir, "results.json"), "w", encoding="utf-8") as f:
         json.dump(records, f, indent=1)
-    write_summary(records, models, output_dir)
+    write_summary(records, models, output_dir, bench["comparisons"])
     return records
 
 
@@ -535,8 +543,18 @@ def _paired_p_value(output_dir, runs, baseline_runs, metric):
     return float(stats.ttest_rel(a, b).pvalue), len(a), largest
 
 
-def write_summary(records, models, output_dir):
-    """summary.md and metrics.png from the finished runs; the first model is the baseline."""
+def _p_value_cells(output_dir, runs, reference_runs, metrics):
+    """The p-value of each metric against the reference runs, then the rows paired."""
+    tests = [_paired_p_value(output_dir, runs, reference_runs, k) for k in metrics]
+    _, paired, largest = tests[0]
+    return ["n/a" if p is None else f"{p:.2g}" for p, _, _ in tests] + [
+        f"{paired}" if paired == largest else f"{paired} of {largest}"]
+
+
+def write_summary(records, models, output_dir, comparisons=()):
+    """summary.md and metrics.png from the finished runs; the first model is the baseline, and each
+    ``[model, reference]`` pair of ``comparisons`` gets its own paired test (e.g. an ablation against the
+    full model)."""
     ok = [r for r in records if r["status"] == "ok"]
     failed = [r for r in records if r["status"] != "ok"]
     models = [m for m in models if any(r["model"] == m for r in ok)]
@@ -575,11 +593,16 @@ def write_summary(records, models, output_dir):
         lines += ["| model | " + " | ".join(f"p {k}" for k in metrics) + " | rows paired |",
                   "|" + "---|" * (len(metrics) + 2)]
         for m in models[1:]:
-            tests = [_paired_p_value(output_dir, by_model[m], by_model[baseline], k) for k in metrics]
-            _, paired, largest = tests[0]
-            rows = f"{paired}" if paired == largest else f"{paired} of {largest}"
-            lines.append(f"| {m} | " + " | ".join("n/a" if p is None else f"{p:.2g}" for p, _, _ in tests)
-                         + f" | {rows} |")
+            lines.append(f"| {m} | " + " | ".join(_p_value_cells(output_dir, by_model[m], by_model[baseline],
+                                                                 metrics)) + " |")
+        pairs = [(m, reference) for m, reference in comparisons if m in by_model and reference in by_model]
+        if pairs:
+            lines += ["", "The same test between the pairs the benchmark's `comparisons` names:", "",
+                      "| model | against | " + " | ".join(f"p {k}" for k in metrics) + " | rows paired |",
+                      "|" + "---|" * (len(metrics) + 3)]
+            for m, reference in pairs:
+                lines.append(f"| {m} | {reference} | " + " | ".join(
+                    _p_value_cells(output_dir, by_model[m], by_model[reference], metrics)) + " |")
         lines += _probe_table(by_model)
         for mode in sorted({mode for r in ok for mode in r.get("test_modes", {})}):
             lines += ["", f"Test in eval mode `{mode}` (the same best checkpoints):", ""]

@@ -144,6 +144,39 @@ def test_summary_lists_model_probes(tmp_path):
     assert "| 0.0 ± 0.0 |" in (tmp_path / "summary.md").read_text()
 
 
+def test_summary_tests_the_pairs_a_benchmark_compares(tmp_path):
+    """`comparisons` adds a paired t-test between two non-baseline models: here an ablation whose users
+    all score lower than the full model's, on the same rows."""
+    from scipy import stats
+
+    from recbole_ext.benchmark import write_summary
+
+    rows = [f"u{i}\t{i}" for i in range(8)]
+    scores = {"Base": [0.1] * 8, "Full": [0.5, 0.6, 0.7, 0.5, 0.6, 0.7, 0.8, 0.9],
+              "Ablated": [0.3, 0.5, 0.4, 0.4, 0.5, 0.5, 0.6, 0.8]}
+    records = []
+    for model, values in scores.items():
+        os.makedirs(tmp_path / "runs" / f"{model}-seed1")
+        (tmp_path / "runs" / f"{model}-seed1" / "per_user.json").write_text(
+            json.dumps({"ndcg@10": values, "rows": rows}))
+        records.append({"model": model, "seed": 1, "status": "ok", "test": {"ndcg@10": sum(values) / 8},
+                        "epoch_seconds": 1.0, "epochs": 1, "params": 1})
+    write_summary(records, list(scores), str(tmp_path), comparisons=[["Ablated", "Full"], ["Ablated", "Gone"]])
+    summary = (tmp_path / "summary.md").read_text()
+    expected = stats.ttest_rel(scores["Ablated"], scores["Full"]).pvalue
+    assert f"| Ablated | Full | {expected:.2g} | 8 |" in summary
+    assert "| Ablated | Gone |" not in summary  # a model without finished runs is left out
+
+
+def test_a_comparison_must_name_two_of_the_benchmark_s_models(tmp_path):
+    bench_file = tmp_path / "bad.yaml"
+    bench_file.write_text(yaml.safe_dump({"dataset": "tiny", "models": ["SASRec", "TedRec"], "seeds": [1],
+                                          "comparisons": [["TedRec", "SASRce"]]}))
+    with pytest.raises(ValueError, match=r"comparisons must be \[model, reference\] pairs of its models "
+                                         r"\(SASRec, TedRec\); not \[\['TedRec', 'SASRce'\]\]"):
+        load_benchmark(str(bench_file))
+
+
 def _fake_run_folder(tmp_path):
     """A finished two-model, one-seed benchmark folder, written by hand (no training)."""
     bench_file = tmp_path / "tiny.yaml"
