@@ -526,26 +526,33 @@ def _paired_p_value(output_dir, runs, baseline_runs, metric):
     """Paired t-test over the test rows (users) all runs share, on the per-user metric averaged over the
     seeds both models share: ``(p, rows paired, largest row count of a run)``; p is None (n/a) when no
     rows pair or the two sides are identical."""
+    return _paired_p_values(output_dir, runs, baseline_runs, [metric])[0]
+
+
+def _paired_p_values(output_dir, runs, baseline_runs, metrics):
+    """``_paired_p_value`` of each metric, reading each run's per-user file once."""
     from scipy import stats
 
     seeds = sorted({r["seed"] for r in runs} & {r["seed"] for r in baseline_runs})
     if not seeds:
-        return None, 0, 0
-    values, largest = _row_values([_load_per_user(output_dir, r) for r in (*runs, *baseline_runs)
-                                   if r["seed"] in seeds], metric)
-    if values is None:
-        return None, 0, largest
+        return [(None, 0, 0)] * len(metrics)
+    per_users = [_load_per_user(output_dir, r) for r in (*runs, *baseline_runs) if r["seed"] in seeds]
     n_runs = len([r for r in runs if r["seed"] in seeds])
-    a = [statistics.mean(row) for row in zip(*values[:n_runs])]
-    b = [statistics.mean(row) for row in zip(*values[n_runs:])]
-    if a == b:
-        return None, len(a), largest
-    return float(stats.ttest_rel(a, b).pvalue), len(a), largest
+    tests = []
+    for metric in metrics:
+        values, largest = _row_values(per_users, metric)
+        if values is None:
+            tests.append((None, 0, largest))
+            continue
+        a = [statistics.mean(row) for row in zip(*values[:n_runs])]
+        b = [statistics.mean(row) for row in zip(*values[n_runs:])]
+        tests.append((None if a == b else float(stats.ttest_rel(a, b).pvalue), len(a), largest))
+    return tests
 
 
 def _p_value_cells(output_dir, runs, reference_runs, metrics):
     """The p-value of each metric against the reference runs, then the rows paired."""
-    tests = [_paired_p_value(output_dir, runs, reference_runs, k) for k in metrics]
+    tests = _paired_p_values(output_dir, runs, reference_runs, metrics)
     _, paired, largest = tests[0]
     return ["n/a" if p is None else f"{p:.2g}" for p, _, _ in tests] + [
         f"{paired}" if paired == largest else f"{paired} of {largest}"]
