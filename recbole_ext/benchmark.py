@@ -522,15 +522,10 @@ def _row_values(per_users, metric):
     return (values if len({len(v) for v in values}) == 1 else None), largest
 
 
-def _paired_p_value(output_dir, runs, baseline_runs, metric):
-    """Paired t-test over the test rows (users) all runs share, on the per-user metric averaged over the
-    seeds both models share: ``(p, rows paired, largest row count of a run)``; p is None (n/a) when no
-    rows pair or the two sides are identical."""
-    return _paired_p_values(output_dir, runs, baseline_runs, [metric])[0]
-
-
 def _paired_p_values(output_dir, runs, baseline_runs, metrics):
-    """``_paired_p_value`` of each metric, reading each run's per-user file once."""
+    """For each metric, a paired t-test over the test rows (users) all runs share, on the per-user metric
+    averaged over the seeds both models share: ``(p, rows paired, largest row count of a run)``; p is None
+    (n/a) when no rows pair or the two sides are identical. Each run's per-user file is read once."""
     from scipy import stats
 
     seeds = sorted({r["seed"] for r in runs} & {r["seed"] for r in baseline_runs})

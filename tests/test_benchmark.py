@@ -376,7 +376,10 @@ def test_paired_test_pairs_rows_by_user_and_item_in_any_protocol(tiny_config, tm
     """Full ranking and sampled (uni100) evaluation key the same test rows, so the t-test pairs them; a run
     with its rows in another order gets the same p-value; a run that tests a few extra rows pairs on the
     shared ones, and the summary says how many; runs tested on other rows get none (n/a)."""
-    from recbole_ext.benchmark import _paired_p_value
+    from recbole_ext.benchmark import _paired_p_values
+
+    def _paired_p_value(output_dir, runs, baseline_runs, metric):
+        return _paired_p_values(output_dir, runs, baseline_runs, [metric])[0]
 
     shared = {k: v for k, v in tiny_config.items() if k not in ("seed", "checkpoint_dir", "state")}
     shared.update(epochs=1, metrics=["Recall", "NDCG"], topk=[10], valid_metric="NDCG@10", loss_type="CE",
