@@ -445,6 +445,7 @@ def test_official_plateau_stopping_rule(lrd_config, tmp_path):
     score, _ = trainer._valid_epoch(valid)
     assert score < 0.32  # the untrained model: a fifth non-increasing value, below the best
     assert trainer.cur_step == trainer.stopping_step  # RecBole's early_stopping makes it stop_step + 1
+    assert trainer.best_epoch() == len(rising)  # the 0.35 right after the rise (eval_step 1)
     trainer.valid_scores, trainer.cur_step = rising, 0
     trainer._valid_epoch(valid)
     assert trainer.cur_step == 0  # no plateau: RecBole's own rule decides

@@ -504,4 +504,12 @@ class LRDTrainer(Trainer):
         stalled = self.valid_metric_bigger and valid_score < self.best_valid_score
         if stalled and plateaued(self.valid_scores, self.stopping_plateau):
             self.cur_step = self.stopping_step  # RecBole's early_stopping adds one and stops
+            self.logger.info(f"Official plateau rule: the last {self.stopping_plateau} validation scores never "
+                             f"increase; the best epoch is {self.best_epoch()} (RecBole's next line assumes "
+                             f"{self.stopping_step + 1} evaluations without gain)")
         return valid_score, valid_result
+
+    def best_epoch(self):
+        """Epoch of the best validation score so far (the later one on a tie, as RecBole keeps it)."""
+        best = max(range(len(self.valid_scores)), key=lambda i: (self.valid_scores[i], i))
+        return (best + 1) * self.eval_step - 1
