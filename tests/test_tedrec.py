@@ -302,27 +302,32 @@ def test_full_and_sampled_evaluation_through_run_recbole(tiny_config, mode):
         assert test["recall@10"] > 0.05
 
 
-@pytest.mark.parametrize("ablation", ["text_shuffle_seed", "text_random_seed"])
+@pytest.mark.parametrize("ablation", ["text_shuffle_seed", "text_random_seed", "text_mean_only"])
 def test_text_ablations_reach_the_model(tiny_config, ablation):
-    """Shuffled text keeps the set of vectors; random text keeps every item's norm; neither keeps the text."""
+    """Shuffled text keeps the set of vectors, random text every item's norm, mean text what all texts
+    share; none keeps an item's own text."""
     def text_table(**overrides):
         config = Config(model="TedRec", dataset="tiny", config_dict=dict(tiny_config, **overrides))
         return TedRec(config, create_dataset(config)).plm_embedding.weight
 
-    true_text, ablated = text_table(), text_table(**{ablation: 5})
+    value = True if ablation == "text_mean_only" else 5
+    true_text, ablated = text_table(), text_table(**{ablation: value})
     assert not ablated[0].any()  # the PAD row stays zero
     if ablation == "text_random_seed":
         torch.testing.assert_close(ablated.norm(dim=1), true_text.norm(dim=1))
+    elif ablation == "text_mean_only":
+        torch.testing.assert_close(ablated[1:], true_text[1:].mean(0).expand_as(ablated[1:]))
     else:
         assert sorted(map(tuple, ablated[1:].tolist())) == sorted(map(tuple, true_text[1:].tolist()))
     cosine = F.cosine_similarity(ablated[1:], true_text[1:], dim=1)
     assert (cosine < 0.99).float().mean() > 0.5
-    torch.testing.assert_close(text_table(**{ablation: 5}), ablated)  # seeded
+    torch.testing.assert_close(text_table(**{ablation: value}), ablated)  # seeded
 
 
-def test_random_and_shuffled_text_together_are_refused(tiny_config):
-    config = Config(model="TedRec", dataset="tiny", config_dict=dict(tiny_config, text_shuffle_seed=0, text_random_seed=0))
-    with pytest.raises(ValueError, match="text_shuffle_seed and text_random_seed"):
+@pytest.mark.parametrize("other", [dict(text_random_seed=0), dict(text_mean_only=True)])
+def test_two_text_ablations_together_are_refused(tiny_config, other):
+    config = Config(model="TedRec", dataset="tiny", config_dict=dict(tiny_config, text_shuffle_seed=0, **other))
+    with pytest.raises(ValueError, match=f"text_shuffle_seed and {next(iter(other))}"):
         TedRec(config, create_dataset(config))
 
 

@@ -273,7 +273,9 @@ def load_item_text_embeddings(config, dataset):
     ``plm_size: ~`` takes the width from the file's sidecar (files this module wrote).
     ``text_shuffle_seed: <int>`` permutes the vectors across items (an ablation: the same vectors,
     so the same distribution, but no item keeps its own text); ``text_random_seed: <int>`` replaces
-    them by random vectors of the same norms (the TedRec paper's random-vector ablation)."""
+    them by random vectors of the same norms (the TedRec paper's random-vector ablation);
+    ``text_mean_only: True`` gives every item the mean vector (the part all texts share, none of any
+    item's own text)."""
     path = _ensure_feature_file(config)
     plm_size = config["plm_size"]
     meta = None
@@ -314,14 +316,19 @@ def load_item_text_embeddings(config, dataset):
     no_text = int((np.abs(weight[1:]).sum(1) == 0).sum())
     if no_text:
         getLogger().warning(f"{no_text} items have no text in '{path}' and get a zero text vector.")
-    if config["text_shuffle_seed"] is not None and config["text_random_seed"] is not None:
-        raise TextFeatureError("Set at most one of text_shuffle_seed and text_random_seed (two ablations of the text).")
+    ablations = [key for key in ("text_shuffle_seed", "text_random_seed") if config[key] is not None]
+    ablations += ["text_mean_only"] if config["text_mean_only"] else []
+    if len(ablations) > 1:
+        raise TextFeatureError(f"Set at most one of {' and '.join(ablations)} (ablations of the text).")
     if config["text_shuffle_seed"] is not None:
         weight[1:] = weight[1:][np.random.default_rng(config["text_shuffle_seed"]).permutation(len(tokens) - 1)]
         getLogger().warning(f"Ablation: text vectors permuted across items (text_shuffle_seed {config['text_shuffle_seed']}).")
     if config["text_random_seed"] is not None:
         weight = random_vectors_of_same_norm(weight, config["text_random_seed"])
         getLogger().warning(f"Ablation: text vectors replaced by random ones of the same norm (text_random_seed {config['text_random_seed']}).")
+    if config["text_mean_only"]:
+        weight[1:] = weight[1:].mean(axis=0)
+        getLogger().warning("Ablation: every item gets the mean text vector (text_mean_only).")
     return torch.from_numpy(weight)
 
 
