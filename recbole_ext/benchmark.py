@@ -587,16 +587,17 @@ def write_summary(records, models, output_dir, comparisons=()):
             cells.append(f"{statistics.mean(r['epochs'] for r in runs):.1f}")
             cells.append(str(runs[0]["params"]))
             lines.append("| " + " | ".join(cells) + " |")
-        lines += ["", f"Ratios (in parentheses) are to the baseline {baseline}. Paired two-sided t-test "
-                  f"(scipy.stats.ttest_rel) against {baseline} over the test rows (users) every run of both "
-                  "models evaluated, on each row's metric averaged over the shared seeds (rows paired: "
-                  "their number, and of how many when a run tested more; n/a: no rows pair, or both sides "
-                  "are equal):", ""]
-        lines += ["| model | " + " | ".join(f"p {k}" for k in metrics) + " | rows paired |",
-                  "|" + "---|" * (len(metrics) + 2)]
-        for m in models[1:]:
-            lines.append(f"| {m} | " + " | ".join(_p_value_cells(output_dir, by_model[m], by_model[baseline],
-                                                                 metrics)) + " |")
+        if len(models) > 1:  # one model alone has nothing to be tested against
+            lines += ["", f"Ratios (in parentheses) are to the baseline {baseline}. Paired two-sided t-test "
+                      f"(scipy.stats.ttest_rel) against {baseline} over the test rows (users) every run of both "
+                      "models evaluated, on each row's metric averaged over the shared seeds (rows paired: "
+                      "their number, and of how many when a run tested more; n/a: no rows pair, or both sides "
+                      "are equal):", ""]
+            lines += ["| model | " + " | ".join(f"p {k}" for k in metrics) + " | rows paired |",
+                      "|" + "---|" * (len(metrics) + 2)]
+            for m in models[1:]:
+                lines.append(f"| {m} | " + " | ".join(_p_value_cells(output_dir, by_model[m], by_model[baseline],
+                                                                     metrics)) + " |")
         pairs = [(m, reference) for m, reference in comparisons if m in by_model and reference in by_model]
         if pairs:
             lines += ["", "The same test between the pairs the benchmark's `comparisons` names:", "",

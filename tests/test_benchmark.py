@@ -137,6 +137,7 @@ def test_summary_lists_model_probes(tmp_path):
     assert "| NoteLLM | category_accuracy | 0 | 0.6 |" in summary
     assert "unmeasured" not in summary  # a probe that was never a number is left out, not printed as nan
     assert "| 1.0 ± 0.0 (1.00x) |" in summary  # epoch-time ratio to the baseline
+    assert "t-test" not in summary  # one model: no test against itself
 
     for r in records:  # a baseline that trains nothing (0.0 s/epoch) gets no epoch-time ratio
         r["epoch_seconds"] = 0.01
